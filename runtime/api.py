@@ -1,0 +1,68 @@
+"""The Python API: `Runtime.load(path)`, `.predict(...)`, `.save(path)`."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from .bundle import Bundle, load_bundle, save_bundle
+from .devices import resolve_device
+from .errors import BundleIntegrityError
+from .images import to_model_input
+from .inference import Prediction, predict_batch
+from .reconstruct import check_probes, model_of_step
+
+
+class Runtime:
+    """A loaded bundle, ready to predict (and, see `add_classes`, to learn)."""
+
+    def __init__(self, bundle: Bundle, device: str = "auto"):
+        self.bundle = bundle
+        self.device = resolve_device(device)
+        self._models: dict[int, torch.nn.Module] = {}
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, device: str = "auto", verify: bool = True
+             ) -> Runtime:
+        """Load and validate a bundle; `verify` also rebuilds every step and checks its probe."""
+        bundle = load_bundle(path)
+        if verify:
+            verify_bundle(bundle, str(path))
+        return cls(bundle, device)
+
+    @property
+    def steps(self) -> int:
+        return self.bundle.num_steps
+
+    @property
+    def classes(self) -> list[str]:
+        return self.bundle.classes
+
+    def model(self, step: int | None = None) -> torch.nn.Module:
+        step = step or self.steps
+        if step not in self._models:
+            self._models[step] = model_of_step(self.bundle, step, self.device)
+        return self._models[step]
+
+    def predict(self, images, top_k: int = 5, step: int | None = None) -> list[Prediction]:
+        """Top-k classes for PIL images, uint8 numpy arrays, or an (N, C, H, W) float tensor
+        that is already normalised. `step` picks an earlier model (default: the last)."""
+        model = self.model(step)
+        x = to_model_input(images, self.bundle.input_spec)
+        classes = self.bundle.classes_up_to(step or self.steps)
+        return predict_batch(model, classes, x, top_k, self.device)
+
+    def save(self, path: str | os.PathLike) -> str:
+        """Write the bundle atomically; returns its checksum."""
+        return save_bundle(self.bundle, Path(path))
+
+
+def verify_bundle(bundle: Bundle, name: str = "bundle") -> None:
+    """Raise BundleIntegrityError naming the first step whose probe does not match."""
+    for check in check_probes(bundle):
+        if not check.ok:
+            raise BundleIntegrityError(
+                f"{name}: step {check.step} does not reconstruct (probe max abs diff "
+                f"{check.max_abs_diff:.3g} > 1e-5)")

@@ -1,0 +1,358 @@
+"""The v1 bundle: one safetensors file holding every step of an incremental model.
+
+This is the only module that knows tensor names and metadata keys; the spec is
+docs/bundle-format.md. Loading reads safetensors only (no code execution) and checks
+every key, shape, dtype, mask range and the checksum before anything is used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save as safetensors_save
+
+from .atomic import atomic_write_bytes
+from .backbones import BACKBONES, batchnorm_state, create_backbone, masked_parameter_names
+from .errors import BundleError, BundleFormatError, BundleIntegrityError, BundleVersionError
+
+FORMAT_NAME = "m2kd-bundle"
+FORMAT_VERSION = "1"
+SUPPORTED_VERSIONS = ("1",)
+MASK_DTYPE = torch.uint8  # owner step ids; 0 = free, so at most 255 steps
+MAX_STEPS = torch.iinfo(MASK_DTYPE).max
+PROBE_BATCH = 2
+PROBE_SEED = 0
+METADATA_KEYS = ("format", "format_version", "arch", "input_spec", "classes", "method",
+                 "checksum", "created_by")
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What the model eats: a CxHxW float tensor normalised per channel by (x - mean) / std
+    from pixel values scaled to [0, 1]."""
+
+    channels: int
+    height: int
+    width: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def to_json(self) -> str:
+        return json.dumps({"channels": self.channels, "height": self.height, "width": self.width,
+                           "mean": list(self.mean), "std": list(self.std)})
+
+    @classmethod
+    def from_json(cls, text: str) -> InputSpec:
+        d = json.loads(text)
+        spec = cls(int(d["channels"]), int(d["height"]), int(d["width"]),
+                   tuple(float(v) for v in d["mean"]), tuple(float(v) for v in d["std"]))
+        if len(spec.mean) != spec.channels or len(spec.std) != spec.channels:
+            raise BundleFormatError("input_spec: mean and std need one value per channel")
+        if min(spec.channels, spec.height, spec.width) < 1 or min(spec.std) <= 0:
+            raise BundleFormatError("input_spec: sizes must be >= 1 and std > 0")
+        return spec
+
+
+@dataclass
+class StepRecord:
+    """Everything that is private to one step."""
+
+    classes: list[str]
+    batchnorm: dict[str, torch.Tensor]
+    head: dict[str, torch.Tensor]  # "weight" (n_seen, feature_dim), "bias" (n_seen,)
+    aux_head: dict[str, torch.Tensor]  # "weight" (n_seen, aux_dim), "bias" (n_seen,)
+    probe_input: torch.Tensor
+    probe_logits: torch.Tensor
+
+
+@dataclass
+class Bundle:
+    arch: str
+    input_spec: InputSpec
+    weights: dict[str, torch.Tensor]  # shared conv weights, free entries are zero
+    masks: dict[str, torch.Tensor]  # owner step per weight, uint8
+    steps: list[StepRecord] = field(default_factory=list)
+    method: dict = field(default_factory=dict)
+
+    @property
+    def num_steps(self) -> int:
+        return len(self.steps)
+
+    @property
+    def classes(self) -> list[str]:
+        return self.classes_up_to(self.num_steps)
+
+    def classes_up_to(self, step: int) -> list[str]:
+        return [c for record in self.steps[:step] for c in record.classes]
+
+    def step_of_class(self) -> list[int]:
+        """Step (1-based) that introduced each class, in head order."""
+        return [k + 1 for k, record in enumerate(self.steps) for _ in record.classes]
+
+    def checksum(self) -> str:
+        tensors, metadata = _to_safetensors(self, checksum="")
+        return _checksum(tensors, metadata)
+
+
+# ---------------------------------------------------------------- tensor names
+
+def _step_prefix(k: int) -> str:
+    return f"step.{k}."
+
+
+def _to_safetensors(bundle: Bundle, checksum: str) -> tuple[dict[str, torch.Tensor], dict]:
+    tensors = {}
+    for name, w in bundle.weights.items():
+        tensors[f"backbone.{name}"] = w
+        tensors[f"mask.{name}"] = bundle.masks[name]
+    for k, rec in enumerate(bundle.steps, start=1):
+        p = _step_prefix(k)
+        for name, t in rec.batchnorm.items():
+            tensors[f"{p}bn.{name}"] = t
+        for part in ("weight", "bias"):
+            tensors[f"{p}head.{part}"] = rec.head[part]
+            tensors[f"{p}aux_head.{part}"] = rec.aux_head[part]
+        tensors[f"{p}probe.input"] = rec.probe_input
+        tensors[f"{p}probe.logits"] = rec.probe_logits
+    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    from . import __version__
+    metadata = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "arch": bundle.arch,
+        "input_spec": bundle.input_spec.to_json(),
+        "classes": json.dumps([rec.classes for rec in bundle.steps]),
+        "method": json.dumps(bundle.method, sort_keys=True),
+        "created_by": f"m2kd {__version__}",
+        "checksum": checksum,
+    }
+    return tensors, metadata
+
+
+def _checksum(tensors: dict[str, torch.Tensor], metadata: dict) -> str:
+    """sha256 over sorted (name, dtype, shape, bytes) and the metadata without checksum."""
+    h = hashlib.sha256()
+    meta = {k: v for k, v in metadata.items() if k not in ("checksum", "created_by")}
+    h.update(json.dumps(meta, sort_keys=True).encode())
+    for name in sorted(tensors):
+        t = tensors[name]
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.numpy().tobytes())
+    return "sha256:" + h.hexdigest()
+
+
+# ---------------------------------------------------------------- save
+
+def save_bundle(bundle: Bundle, path: str | os.PathLike) -> str:
+    """Validate and write atomically; returns the checksum written."""
+    validate(bundle)
+    tensors, metadata = _to_safetensors(bundle, checksum="")
+    metadata["checksum"] = _checksum(tensors, metadata)
+    atomic_write_bytes(path, safetensors_save(tensors, metadata=metadata))
+    return metadata["checksum"]
+
+
+# ---------------------------------------------------------------- load
+
+def read_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """Only the header: cheap, reads no tensor data."""
+    with _open(path) as f:
+        return _check_header(f.metadata())
+
+
+def load_bundle(path: str | os.PathLike, check_checksum: bool = True) -> Bundle:
+    with _open(path) as f:
+        metadata = _check_header(f.metadata())
+        try:
+            tensors = {name: f.get_tensor(name) for name in f.keys()}
+        except Exception as e:  # safetensors raises its own error types on bad data
+            raise BundleFormatError(f"{path}: unreadable tensor data ({e})") from None
+    bundle = _from_safetensors(tensors, metadata)
+    validate(bundle)
+    if check_checksum:
+        actual = _checksum(tensors, metadata)
+        if actual != metadata["checksum"]:
+            raise BundleIntegrityError(
+                f"{path}: checksum mismatch (file says {metadata['checksum'][:19]}..., "
+                f"content is {actual[:19]}...): the file was altered or damaged")
+    return bundle
+
+
+class _open:
+    """`safe_open` with every failure turned into a BundleError that names the file."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+
+    def __enter__(self):
+        if not self.path.is_file():
+            raise BundleError(f"{self.path}: no such bundle file")
+        try:
+            self._ctx = safe_open(str(self.path), framework="pt")
+            return self._ctx.__enter__()
+        except Exception as e:
+            raise BundleFormatError(f"{self.path}: not a safetensors bundle ({e})") from None
+
+    def __exit__(self, *exc):
+        return self._ctx.__exit__(*exc)
+
+
+def _check_header(metadata: dict | None) -> dict[str, str]:
+    metadata = metadata or {}
+    if metadata.get("format") != FORMAT_NAME:
+        raise BundleFormatError(f"not an m2kd bundle (format is {metadata.get('format')!r})")
+    version = metadata.get("format_version")
+    if version not in SUPPORTED_VERSIONS:
+        raise BundleVersionError(
+            f"bundle format version {version!r} is not supported by this m2kd "
+            f"(supports {', '.join(SUPPORTED_VERSIONS)}); upgrade m2kd to read it")
+    missing = [k for k in METADATA_KEYS if k not in metadata]
+    if missing:
+        raise BundleFormatError(f"bundle metadata lacks {', '.join(missing)}")
+    return metadata
+
+
+def _from_safetensors(tensors: dict[str, torch.Tensor], metadata: dict) -> Bundle:
+    try:
+        classes = json.loads(metadata["classes"])
+        method = json.loads(metadata["method"])
+        spec = InputSpec.from_json(metadata["input_spec"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise BundleFormatError(f"bundle metadata is malformed ({e})") from None
+    if not isinstance(classes, list) or not all(isinstance(c, list) for c in classes):
+        raise BundleFormatError("metadata 'classes' must be a list of per-step lists")
+    pool = dict(tensors)
+
+    def take(name: str) -> torch.Tensor:
+        if name not in pool:
+            raise BundleFormatError(f"bundle lacks tensor {name!r}")
+        return pool.pop(name)
+
+    weights = {n[len("backbone."):]: t for n, t in tensors.items() if n.startswith("backbone.")}
+    masks = {name: take(f"mask.{name}") for name in weights}
+    for name in weights:
+        pool.pop(f"backbone.{name}")
+    steps = []
+    for k, step_classes in enumerate(classes, start=1):
+        p = _step_prefix(k)
+        bn_names = [n for n in pool if n.startswith(f"{p}bn.")]
+        steps.append(StepRecord(
+            classes=[str(c) for c in step_classes],
+            batchnorm={n[len(f"{p}bn."):]: pool.pop(n) for n in bn_names},
+            head={part: take(f"{p}head.{part}") for part in ("weight", "bias")},
+            aux_head={part: take(f"{p}aux_head.{part}") for part in ("weight", "bias")},
+            probe_input=take(f"{p}probe.input"),
+            probe_logits=take(f"{p}probe.logits"),
+        ))
+    if pool:
+        raise BundleFormatError(f"bundle has unexpected tensors: {', '.join(sorted(pool)[:5])}")
+    return Bundle(metadata["arch"], spec, weights, masks, steps, method)
+
+
+# ---------------------------------------------------------------- validation
+
+def validate(bundle: Bundle) -> None:
+    """Check every name, shape, dtype and mask value against the architecture."""
+    if bundle.arch not in BACKBONES:
+        raise BundleFormatError(f"unknown architecture {bundle.arch!r}")
+    if not 1 <= bundle.num_steps <= MAX_STEPS:
+        raise BundleFormatError(f"a bundle holds 1..{MAX_STEPS} steps, this one {bundle.num_steps}")
+    names = bundle.classes
+    if len(set(names)) != len(names) or any(not rec.classes for rec in bundle.steps):
+        raise BundleFormatError("class names must be unique and every step must add classes")
+    with torch.device("meta"):
+        skeleton = create_backbone(bundle.arch, 1, bundle.input_spec.channels)
+    _check_weights(bundle, skeleton)
+    bn_shapes = {n: t.shape for n, t in batchnorm_state(skeleton).items()}
+    for k, rec in enumerate(bundle.steps, start=1):
+        _check_step(k, rec, bundle, bn_shapes, skeleton)
+
+
+def _expect(t: torch.Tensor, shape, dtype, what: str) -> None:
+    if tuple(t.shape) != tuple(shape):
+        raise BundleFormatError(f"{what}: shape {tuple(t.shape)}, expected {tuple(shape)}")
+    if t.dtype != dtype:
+        raise BundleFormatError(f"{what}: dtype {t.dtype}, expected {dtype}")
+
+
+def _check_weights(bundle: Bundle, skeleton) -> None:
+    expected = masked_parameter_names(skeleton)
+    params = dict(skeleton.named_parameters())
+    if sorted(expected) != sorted(bundle.weights):
+        missing = set(expected) - set(bundle.weights)
+        extra = set(bundle.weights) - set(expected)
+        raise BundleFormatError(f"backbone weights do not match {bundle.arch}: "
+                                f"missing {sorted(missing)[:3]}, unexpected {sorted(extra)[:3]}")
+    for name in expected:
+        _expect(bundle.weights[name], params[name].shape, torch.float32, f"backbone.{name}")
+        mask = bundle.masks[name]
+        _expect(mask, params[name].shape, MASK_DTYPE, f"mask.{name}")
+        top = int(mask.max()) if mask.numel() else 0
+        if top > bundle.num_steps:
+            raise BundleFormatError(
+                f"mask.{name}: owner {top} is out of range (bundle has {bundle.num_steps} steps)")
+
+
+def _check_step(k: int, rec: StepRecord, bundle: Bundle, bn_shapes: dict, skeleton) -> None:
+    p = f"step.{k}."
+    if sorted(rec.batchnorm) != sorted(bn_shapes):
+        raise BundleFormatError(f"{p}bn: BatchNorm entries do not match {bundle.arch}")
+    for name, shape in bn_shapes.items():
+        _expect(rec.batchnorm[name], shape, torch.float32, f"{p}bn.{name}")
+    n_seen = len(bundle.classes_up_to(k))
+    for part, dim in (("head", skeleton.feature_dim), ("aux_head", skeleton.aux_dim)):
+        head = getattr(rec, part)
+        _expect(head["weight"], (n_seen, dim), torch.float32, f"{p}{part}.weight")
+        _expect(head["bias"], (n_seen,), torch.float32, f"{p}{part}.bias")
+    spec = bundle.input_spec
+    _expect(rec.probe_input, (PROBE_BATCH, spec.channels, spec.height, spec.width),
+            torch.float32, f"{p}probe.input")
+    _expect(rec.probe_logits, (PROBE_BATCH, n_seen), torch.float32, f"{p}probe.logits")
+
+
+def make_probe_input(spec: InputSpec) -> torch.Tensor:
+    """The fixed, seeded probe batch (already in normalised input space)."""
+    g = torch.Generator().manual_seed(PROBE_SEED)
+    return torch.randn(PROBE_BATCH, spec.channels, spec.height, spec.width, generator=g)
+
+
+# ---------------------------------------------------------------- sizes
+
+PARTS = ("weights", "masks", "batchnorm", "heads", "probes")
+
+
+def part_of(name: str) -> str:
+    """Which part of the bundle a tensor name belongs to (for size accounting)."""
+    if name.startswith("backbone."):
+        return "weights"
+    if name.startswith("mask."):
+        return "masks"
+    if ".bn." in name:
+        return "batchnorm"
+    if ".probe." in name:
+        return "probes"
+    return "heads"
+
+
+def bytes_by_part(bundle: Bundle) -> dict[str, int]:
+    tensors, _ = _to_safetensors(bundle, checksum="")
+    sizes = dict.fromkeys(PARTS, 0)
+    for name, t in tensors.items():
+        sizes[part_of(name)] += t.numel() * t.element_size()
+    return sizes
+
+
+def snapshot_bytes(bundle: Bundle) -> int:
+    """Bytes of keeping every step as a separate fp32 model (what the masks avoid)."""
+    per_weights = sum(w.numel() * 4 for w in bundle.weights.values())
+    total = 0
+    for rec in bundle.steps:
+        total += per_weights + sum(t.numel() * 4 for t in rec.batchnorm.values())
+        total += sum(t.numel() * 4 for part in (rec.head, rec.aux_head) for t in part.values())
+    return total

@@ -1,0 +1,76 @@
+"""Runtime subcommands: inspect, verify, predict. Each parses, calls the library, prints."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+BUNDLE = click.argument("bundle", type=click.Path(dir_okay=False, path_type=Path))
+
+
+@click.command("inspect")
+@BUNDLE
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def inspect_bundle(bundle: Path, as_json: bool) -> None:
+    """Show the steps, classes, size by part and free weights per layer of a bundle."""
+    from .report import bundle_report, format_report
+
+    report = bundle_report(bundle)
+    click.echo(json.dumps(report, indent=2) if as_json else format_report(report))
+
+
+@click.command()
+@BUNDLE
+def verify(bundle: Path) -> None:
+    """Rebuild every step and check its stored probe (exit 1 on the first mismatch)."""
+    from .api import verify_bundle
+    from .bundle import load_bundle
+    from .reconstruct import check_probes
+
+    loaded = load_bundle(bundle)
+    for check in check_probes(loaded):
+        click.echo(f"step {check.step}: probe max abs diff {check.max_abs_diff:.2e} "
+                   f"{'ok' if check.ok else 'MISMATCH'}")
+    verify_bundle(loaded, str(bundle))
+    click.echo(f"{bundle}: {loaded.num_steps} steps verified, checksum ok")
+
+
+@click.command()
+@BUNDLE
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--top-k", default=3, show_default=True, type=click.IntRange(min=1))
+@click.option("--step", type=click.IntRange(min=1), help="Use the model of this step.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--backend", type=click.Choice(["torch"]), default="torch", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per image.")
+def predict(bundle: Path, paths: tuple[Path, ...], top_k: int, step: int | None, device: str,
+            backend: str, as_json: bool) -> None:
+    """Top-k classes for image files and folders of images."""
+    from .api import Runtime
+    from .errors import DataError
+    from .images import list_images, load_image, normalise
+
+    files = []
+    for p in paths:
+        if p.is_dir():
+            files.extend(list_images(p))
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise DataError(f"{p}: no such file or folder")
+    if not files:
+        raise DataError("no images found in the given folders")
+    runtime = Runtime.load(bundle, device=device, verify=False)
+    spec = runtime.bundle.input_spec
+    import torch
+
+    batch = normalise(torch.stack([load_image(f, spec) for f in files]), spec)
+    predictions = runtime.predict(batch, top_k=top_k, step=step)
+    for f, pred in zip(files, predictions):
+        if as_json:
+            click.echo(json.dumps({"path": str(f), **pred.to_dict()}))
+        else:
+            tops = "  ".join(f"{lab} {score:.2f}" for lab, score in zip(pred.labels, pred.scores))
+            click.echo(f"{f}\t{tops}")

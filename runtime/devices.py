@@ -1,0 +1,26 @@
+"""Device choice: `auto` picks CUDA when it is really usable, else the CPU."""
+
+from __future__ import annotations
+
+import torch
+
+from .errors import DeviceError
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise DeviceError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DeviceError(f"device {name!r} was requested but CUDA is not available here; "
+                              "use --device cpu or auto")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise DeviceError(f"device {name!r} does not exist "
+                              f"({torch.cuda.device_count()} CUDA devices)")
+    elif device.type != "cpu":
+        raise DeviceError(f"device type {device.type!r} is not supported; use cpu or cuda")
+    return device

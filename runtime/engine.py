@@ -1,0 +1,334 @@
+"""The update engine: one function runs one incremental step for any method.
+
+It alone owns the optimizer, the epochs, the logging and the freezing of owned
+weights (invariant 1). A method plugs in with at most three hooks: `before_step`
+(build teachers, ...), `loss` (named parts plus "loss") and `after_step`.
+
+One step (M2KD Algorithm 1): train the free weights, then, if pruning is on,
+keep the top `1 - ratio` of the free weights by magnitude for this step, zero
+the rest, and fine-tune the kept ones for half the epochs. The step's
+BatchNorm and heads start from the previous step's and are stored per step.
+"""
+
+from __future__ import annotations
+
+import math
+import resource
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Protocol
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .backbones import BackboneOutput, ResNet, batchnorm_state, create_backbone, \
+    masked_parameter_names
+from .bundle import MAX_STEPS, Bundle, InputSpec, StepRecord, make_probe_input
+from .devices import resolve_device
+from .errors import ConfigError, DataError, InvariantError
+from .owner_masks import PruneStats, empty_masks, prune_free_weights
+from .reconstruct import model_of_step
+from .teachers import Batch, apply_view
+
+
+@dataclass
+class StepConfig:
+    """Hyper-parameters of one step. Defaults follow M2KD Section 4.2."""
+
+    epochs: int = 10
+    lr: float = 2.0
+    batch_size: int = 128
+    momentum: float = 0.9
+    weight_decay: float = 1e-5  # step 1 only ...
+    later_weight_decay: float = 0.0  # ... and 0 afterwards, as in the paper
+    lr_milestones: tuple[float, ...] = (0.5,)  # fractions of the phase's epochs
+    lr_gamma: float = 0.2  # "decays by a factor of 5"
+    prune_ratio: float | None = 0.75  # None: no pruning, the step owns nothing
+    finetune_epochs: int | None = None  # None: epochs // 2
+    augment: str = "flip"  # "flip" or "none"; both are finite, so teachers are cached
+    teacher_mode: str = "cache"  # "cache" (once per step) or "live" (per batch)
+    device: str = "auto"
+    seed: int = 0
+    progress: bool = True
+
+    def validate(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
+            raise ConfigError("epochs and batch size must be >= 1 and lr > 0")
+        if self.prune_ratio is not None and not 0.0 <= self.prune_ratio < 1.0:
+            raise ConfigError(f"pruning ratio must be in [0, 1), got {self.prune_ratio}")
+        if self.augment not in ("flip", "none"):
+            raise ConfigError(f"augment must be 'flip' or 'none', got {self.augment!r}")
+        if self.teacher_mode not in ("cache", "live"):
+            raise ConfigError(f"teacher_mode must be 'cache' or 'live', got {self.teacher_mode!r}")
+
+    @property
+    def n_views(self) -> int:
+        return 2 if self.augment == "flip" else 1
+
+
+@dataclass
+class StepData:
+    """The images of one step, normalised, with labels indexing the classes seen so far."""
+
+    images: torch.Tensor  # (N, C, H, W) float32
+    labels: torch.Tensor  # (N,) int64
+
+
+@dataclass
+class StepContext:
+    step: int
+    n_old: int
+    n_seen: int
+    class_steps: list[int]  # the step that introduced each seen class
+    previous: Bundle | None
+    data: StepData
+    config: StepConfig
+    device: torch.device
+    model: ResNet
+    state: dict = field(default_factory=dict)  # a method's scratch space for this step
+
+
+class Method(Protocol):
+    name: str
+    reads_old_data: bool  # False: exemplar-free, the engine refuses old-class images
+    params: dict  # hyper-parameters, recorded in the bundle
+
+    def before_step(self, ctx: StepContext) -> None: ...
+
+    def loss(self, ctx: StepContext, out: BackboneOutput, batch: Batch
+             ) -> dict[str, torch.Tensor]: ...
+
+    def after_step(self, ctx: StepContext) -> None: ...
+
+
+@dataclass
+class StepReport:
+    step: int
+    seconds: float
+    images_seen: int
+    epoch_losses: list[dict[str, float]]
+    kept_fraction: float | None  # share of the free weights this step took (pruning)
+    peak_memory_bytes: int
+
+    @property
+    def images_per_second(self) -> float:
+        return self.images_seen / self.seconds if self.seconds else 0.0
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "images_per_second": self.images_per_second}
+
+
+def run_step(previous: Bundle | None, data: StepData, new_classes: list[str], method: Method,
+             config: StepConfig, *, arch: str | None = None,
+             input_spec: InputSpec | None = None) -> tuple[Bundle, StepReport]:
+    """Learn `new_classes` from `data` on top of `previous` (None: the base step).
+
+    Returns a new in-memory bundle with the step appended; `previous` is not modified.
+    """
+    config.validate()
+    device = resolve_device(config.device)
+    torch.manual_seed(config.seed)
+    ctx = _make_context(previous, data, new_classes, config, device, arch, input_spec)
+    _check_data(ctx, method)
+    masks = _masks_of(previous, ctx.model)
+    owned_before = _owned_snapshot(ctx.model, masks)
+    started, images_seen = time.perf_counter(), 0
+    _reset_peak_memory(device)
+
+    method.before_step(ctx)
+    # Phase 1: train the free weights (M == 0) with everything the method needs.
+    losses = _train_phase(ctx, method, masks, lambda m: m == 0, config.epochs, "train")
+    images_seen += config.epochs * len(data.labels)
+    kept = None
+    if config.prune_ratio is not None:
+        # Phase 2: prune (Algorithm 1), then fine-tune only what this step now owns.
+        kept = _prune(ctx.model, masks, ctx.step, config.prune_ratio).kept_fraction
+        epochs = config.finetune_epochs if config.finetune_epochs is not None \
+            else max(1, config.epochs // 2)
+        losses += _train_phase(ctx, method, masks, lambda m: m == ctx.step, epochs, "finetune")
+        images_seen += epochs * len(data.labels)
+    method.after_step(ctx)
+    _check_owned_unchanged(ctx.model, masks, ctx.step, owned_before)
+
+    bundle = _append_step(previous, ctx, masks, new_classes, method, config, arch, input_spec)
+    report = StepReport(ctx.step, time.perf_counter() - started, images_seen, losses, kept,
+                        _peak_memory(device))
+    return bundle, report
+
+
+# ---------------------------------------------------------------- set-up
+
+def _make_context(previous, data, new_classes, config, device, arch, input_spec) -> StepContext:
+    if not new_classes:
+        raise DataError("a step must add at least one class")
+    if previous is None:
+        if arch is None or input_spec is None:
+            raise ConfigError("the base step needs an architecture and an input spec")
+        model = create_backbone(arch, len(new_classes), input_spec.channels)
+        class_steps, step = [1] * len(new_classes), 1
+    else:
+        if previous.num_steps >= MAX_STEPS:
+            raise ConfigError(f"a bundle holds at most {MAX_STEPS} steps")
+        clash = sorted(set(new_classes) & set(previous.classes))
+        if clash:
+            raise DataError(f"classes already in the bundle: {', '.join(clash)}")
+        model = model_of_step(previous)  # W with free weights at zero, last BN and heads
+        model.add_classes(len(new_classes))
+        step = previous.num_steps + 1
+        class_steps = previous.step_of_class() + [step] * len(new_classes)
+    n_seen = len(class_steps)
+    return StepContext(step, n_seen - len(new_classes), n_seen, class_steps, previous, data,
+                       config, device, model.to(device).train())
+
+
+def _check_data(ctx: StepContext, method: Method) -> None:
+    labels = ctx.data.labels
+    if len(labels) == 0 or len(labels) != len(ctx.data.images):
+        raise DataError("a step needs at least one image and one label per image")
+    if int(labels.max()) >= ctx.n_seen or int(labels.min()) < 0:
+        raise DataError("labels must index the classes seen so far")
+    if not method.reads_old_data and int(labels.min()) < ctx.n_old:
+        raise DataError(f"{method.name} is exemplar-free but was given images of old classes")
+
+
+def _masks_of(previous: Bundle | None, model: nn.Module) -> dict[str, torch.Tensor]:
+    if previous is None:
+        params = dict(model.named_parameters())
+        return empty_masks({n: params[n] for n in masked_parameter_names(model)})
+    return {name: m.clone() for name, m in previous.masks.items()}
+
+
+# ---------------------------------------------------------------- training
+
+def _train_phase(ctx: StepContext, method: Method, masks: dict[str, torch.Tensor],
+                 trainable_where, epochs: int, phase: str) -> list[dict[str, float]]:
+    """SGD over the step's data; only weights where `trainable_where(mask)` may change."""
+    cfg, model = ctx.config, ctx.model
+    params = dict(model.named_parameters())
+    grad_masks = {n: trainable_where(m).to(ctx.device, torch.float32) for n, m in masks.items()}
+    wd = cfg.weight_decay if ctx.step == 1 else cfg.later_weight_decay
+    # weight_decay=0 in the optimizer: decay is added to the masked gradient below, so an
+    # owned weight never receives any update, not even through momentum (invariant 1).
+    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                                weight_decay=0.0)
+    milestones = sorted({max(1, math.ceil(f * epochs)) for f in cfg.lr_milestones})
+    schedule = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, cfg.lr_gamma)
+    generator = torch.Generator().manual_seed(cfg.seed + 1000 * ctx.step)
+    history = []
+    bar = tqdm(range(epochs), desc=f"step {ctx.step} {phase}", disable=not cfg.progress,
+               leave=False)
+    model.train()
+    for _ in bar:
+        sums: dict[str, float] = {}
+        batches = 0
+        for batch in _batches(ctx, generator):
+            parts = method.loss(ctx, model(batch.images), batch)
+            optimizer.zero_grad(set_to_none=True)
+            parts["loss"].backward()
+            _mask_gradients(params, grad_masks, wd)
+            optimizer.step()
+            for k, v in parts.items():
+                sums[k] = sums.get(k, 0.0) + float(v.detach())
+            batches += 1
+        schedule.step()
+        history.append({k: v / batches for k, v in sums.items()})
+        bar.set_postfix(loss=f"{history[-1]['loss']:.4f}")
+    return history
+
+
+def _batches(ctx: StepContext, generator: torch.Generator):
+    data, cfg = ctx.data, ctx.config
+    order = torch.randperm(len(data.labels), generator=generator)
+    for start in range(0, len(order), cfg.batch_size):
+        index = order[start:start + cfg.batch_size]
+        if cfg.augment == "flip":
+            view = torch.randint(0, 2, (len(index),), generator=generator)
+        else:
+            view = torch.zeros(len(index), dtype=torch.long)
+        index, view = index.to(ctx.device), view.to(ctx.device)
+        images = data.images[index.to(data.images.device)].to(ctx.device)
+        yield Batch(apply_view(images, view), data.labels[index.to(data.labels.device)]
+                    .to(ctx.device), index, view)
+
+
+@torch.no_grad()
+def _mask_gradients(params: dict[str, nn.Parameter], grad_masks: dict[str, torch.Tensor],
+                    weight_decay: float) -> None:
+    for name, p in params.items():
+        if p.grad is None:
+            continue
+        if weight_decay:
+            p.grad.add_(p, alpha=weight_decay)
+        if name in grad_masks:
+            p.grad.mul_(grad_masks[name])
+
+
+def _prune(model: nn.Module, masks: dict[str, torch.Tensor], step: int, ratio: float
+           ) -> PruneStats:
+    params = dict(model.named_parameters())
+    total = PruneStats(0, 0)
+    for name, mask in masks.items():
+        stats = prune_free_weights(params[name].data, mask, step, ratio)
+        total = PruneStats(total.kept + stats.kept, total.freed + stats.freed)
+    return total
+
+
+# ---------------------------------------------------------------- invariant 1
+
+def _owned_snapshot(model: nn.Module, masks: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    params = dict(model.named_parameters())
+    return {n: params[n].detach().cpu().clone() for n in masks}
+
+
+def _check_owned_unchanged(model: nn.Module, masks: dict[str, torch.Tensor], step: int,
+                           before: dict[str, torch.Tensor]) -> None:
+    """Guard: weights owned by earlier steps must be bit-identical after this step."""
+    params = dict(model.named_parameters())
+    for name, old in before.items():
+        owned = (masks[name] >= 1) & (masks[name] < step)
+        if not torch.equal(params[name].detach().cpu()[owned], old[owned]):
+            raise InvariantError(f"a weight of {name} owned by an earlier step changed")
+
+
+# ---------------------------------------------------------------- result
+
+@torch.no_grad()
+def _append_step(previous: Bundle | None, ctx: StepContext, masks: dict[str, torch.Tensor],
+                 new_classes: list[str], method: Method, config: StepConfig,
+                 arch: str | None, input_spec: InputSpec | None) -> Bundle:
+    model = ctx.model.cpu().eval()
+    spec = previous.input_spec if previous else input_spec
+    params = dict(model.named_parameters())
+    probe = make_probe_input(spec)
+    record = StepRecord(
+        classes=list(new_classes),
+        batchnorm=batchnorm_state(model),
+        head={k: v.detach().clone() for k, v in model.head.state_dict().items()},
+        aux_head={k: v.detach().clone() for k, v in model.aux_head.state_dict().items()},
+        probe_input=probe,
+        probe_logits=model(probe).logits.detach().clone(),
+    )
+    info = {"name": method.name, "params": dict(getattr(method, "params", {})),
+            "step_config": {k: v for k, v in asdict(config).items()
+                            if k not in ("device", "progress")}}
+    return Bundle(
+        arch=previous.arch if previous else arch,
+        input_spec=spec,
+        weights={n: params[n].detach().clone() for n in masks},
+        masks=masks,
+        steps=(previous.steps if previous else []) + [record],
+        method=info,
+    )
+
+
+def _reset_peak_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def _peak_memory(device: torch.device) -> int:
+    """Peak CUDA allocation on GPU; the process's peak resident size on CPU."""
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024

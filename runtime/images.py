@@ -1,0 +1,86 @@
+"""Turning image files and arrays into the normalised tensors a bundle expects.
+
+Any size and colour mode is accepted: images are converted to grayscale ("L")
+for 1-channel bundles or RGB for 3-channel ones, resized to the bundle's HxW
+with bilinear filtering, scaled to [0, 1] and normalised with its mean and std.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .bundle import InputSpec
+from .errors import DataError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+
+
+def normalise(pixels: torch.Tensor, spec: InputSpec) -> torch.Tensor:
+    """(N, C, H, W) floats in [0, 1] -> the model's input space."""
+    mean = torch.tensor(spec.mean, dtype=torch.float32).view(1, -1, 1, 1)
+    std = torch.tensor(spec.std, dtype=torch.float32).view(1, -1, 1, 1)
+    return (pixels.float() - mean) / std
+
+
+def pil_to_pixels(image, spec: InputSpec) -> torch.Tensor:
+    """A PIL image -> (C, H, W) floats in [0, 1] matching the spec's channels and size."""
+    from PIL import Image
+
+    mode = "L" if spec.channels == 1 else "RGB"
+    image = image.convert(mode).resize((spec.width, spec.height), Image.BILINEAR)
+    array = np.asarray(image, dtype=np.float32) / 255.0
+    if array.ndim == 2:
+        array = array[None]
+    else:
+        array = array.transpose(2, 0, 1)
+    if array.shape[0] != spec.channels:
+        array = np.repeat(array[:1], spec.channels, axis=0)
+    return torch.from_numpy(np.ascontiguousarray(array))
+
+
+def load_image(path: str | Path, spec: InputSpec) -> torch.Tensor:
+    """Read one file; a corrupt or unreadable file raises DataError naming it."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return pil_to_pixels(image, spec)
+    except (OSError, UnidentifiedImageError, ValueError) as e:
+        raise DataError(f"{path}: not a readable image ({e.__class__.__name__})") from None
+
+
+def to_model_input(images, spec: InputSpec) -> torch.Tensor:
+    """PIL images, HxW / HxWxC uint8 arrays, or tensors -> a normalised (N, C, H, W) batch.
+
+    Float tensors of shape (N, C, H, W) are taken as already normalised.
+    """
+    from PIL import Image
+
+    if isinstance(images, torch.Tensor) and images.is_floating_point() and images.dim() == 4:
+        return images.float()
+    if isinstance(images, (Image.Image, np.ndarray)) or (
+            isinstance(images, torch.Tensor) and images.dim() <= 3):
+        images = [images]
+    pixels = []
+    for item in images:
+        if isinstance(item, torch.Tensor):
+            item = item.cpu().numpy()
+        if isinstance(item, np.ndarray):
+            if item.dtype != np.uint8:
+                raise DataError("numpy images must be uint8 HxW or HxWxC arrays")
+            item = Image.fromarray(item)
+        if not isinstance(item, Image.Image):
+            raise DataError(f"cannot read an image from a {type(item).__name__}")
+        pixels.append(pil_to_pixels(item, spec))
+    if not pixels:
+        raise DataError("no images given")
+    return normalise(torch.stack(pixels), spec)
+
+
+def list_images(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir()
+                  if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)

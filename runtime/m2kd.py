@@ -1,0 +1,86 @@
+"""M2KD (Zhou et al. 2019): multi-model and multi-level knowledge distillation.
+
+Loss (Eq. 4): L = L_MMD + lambda * L_AD, where
+- L_MMD (Eq. 2): BCE over all seen classes; each old class is matched to the
+  sigmoid score of the model of the step that introduced it, new classes to
+  their one-hot labels;
+- L_AD (Eq. 3): the same multi-teacher distillation on the auxiliary head
+  (pooled output of stage 2) plus alpha times a classification term over all
+  classes.
+Teachers are rebuilt from the bundle (Eq. 7-8) and their scores cached once
+per step. The same object with `teachers="last"` and no auxiliary loss is
+LwF-MC (Eq. 1), and the Section 4.4 ablations are further settings of it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+
+from .backbones import BackboneOutput
+from .engine import StepContext
+from .errors import ConfigError
+from .losses import auxiliary_distillation, distillation_bce
+from .teachers import Batch, LiveTeachers, TeacherCache, assign_teachers
+
+
+@dataclass
+class M2KDConfig:
+    alpha: float = 0.5  # weight of the auxiliary classification term (Eq. 3)
+    lam: float = 1.0  # lambda, weight of L_AD (Eq. 4)
+    teachers: str = "all"  # "all" (Eq. 2) or "last" (LwF-MC, Eq. 1)
+    skip: int = 0  # Section 4.4 "skip1"/"skip2": first models replaced by the next one
+    auxiliary: bool = True  # L_AD on or off
+
+    def validate(self) -> None:
+        if self.teachers not in ("all", "last"):
+            raise ConfigError(f"teachers must be 'all' or 'last', got {self.teachers!r}")
+        if self.alpha < 0 or self.lam < 0 or self.skip < 0:
+            raise ConfigError("alpha, lambda and skip must be >= 0")
+
+
+class M2KD:
+    """Exemplar-free distillation from every earlier model (or the last one)."""
+
+    reads_old_data = False
+
+    def __init__(self, config: M2KDConfig | None = None, name: str = "m2kd"):
+        self.config = config or M2KDConfig()
+        self.config.validate()
+        self.name = name
+        self.params = asdict(self.config)
+
+    def before_step(self, ctx: StepContext) -> None:
+        ctx.state["teachers"] = None
+        if ctx.n_old == 0:
+            return
+        cfg = self.config
+        assignment = assign_teachers(ctx.class_steps[:ctx.n_old], ctx.step, cfg.teachers,
+                                     cfg.skip)
+        if ctx.config.teacher_mode == "cache":
+            ctx.state["teachers"] = TeacherCache.build(
+                ctx.previous, assignment, ctx.data.images, ctx.config.n_views, ctx.device)
+        else:
+            ctx.state["teachers"] = LiveTeachers(ctx.previous, assignment, ctx.device)
+
+    def loss(self, ctx: StepContext, out: BackboneOutput, batch: Batch
+             ) -> dict[str, torch.Tensor]:
+        teachers = ctx.state["teachers"]
+        if teachers is None:
+            empty = out.logits.new_zeros(len(batch.labels), 0)
+            old_main, old_aux = empty, empty
+        else:
+            old_main, old_aux = teachers.targets(batch)
+        l_mmd = distillation_bce(out.logits, old_main, batch.labels)
+        parts = {"mmd": l_mmd}
+        total = l_mmd
+        if self.config.auxiliary:
+            l_ad = auxiliary_distillation(out.aux_logits, old_aux, batch.labels, self.config.alpha)
+            parts["aux"] = l_ad
+            total = total + self.config.lam * l_ad
+        parts["loss"] = total
+        return parts
+
+    def after_step(self, ctx: StepContext) -> None:
+        ctx.state.pop("teachers", None)

@@ -1,0 +1,102 @@
+"""Teachers: which earlier model distils which old class, and their cached scores.
+
+Teacher outputs depend only on the input. With a finite augmentation (none, or
+horizontal flip) every (image, view) pair is known before training, so the
+scores of all teachers are computed once per step (`TeacherCache`) instead of
+running k-1 teacher forwards per batch per epoch. `LiveTeachers` is the naive
+per-batch form, kept for augmentations that are not finite and for the benchmark.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .bundle import Bundle
+from .reconstruct import model_of_step
+
+
+@dataclass
+class Batch:
+    images: torch.Tensor  # augmented, on the training device
+    labels: torch.Tensor
+    index: torch.Tensor  # position of each image in the step's data
+    view: torch.Tensor  # 0 = as is, 1 = horizontally flipped
+
+
+def apply_view(images: torch.Tensor, view: torch.Tensor) -> torch.Tensor:
+    flipped = torch.flip(images, dims=(3,))
+    return torch.where(view.view(-1, 1, 1, 1).bool(), flipped, images)
+
+
+def assign_teachers(class_steps: list[int], current_step: int, policy: str = "all",
+                    skip: int = 0) -> list[int]:
+    """Teacher step for each old class.
+
+    - "all": M2KD Eq. 2, the model of the step that introduced the class;
+    - "last": LwF-MC Eq. 1, the model of the previous step for every class;
+    - "all" with `skip=s` (M2KD Section 4.4, "skip1"/"skip2"): the first s models are
+      not used; their classes are distilled from the next model instead.
+    """
+    last = current_step - 1
+    if policy == "last":
+        return [last for _ in class_steps]
+    return [min(max(s, skip + 1), last) for s in class_steps]
+
+
+def _columns_by_teacher(assignment: list[int]) -> dict[int, list[int]]:
+    groups: dict[int, list[int]] = {}
+    for column, teacher in enumerate(assignment):
+        groups.setdefault(teacher, []).append(column)
+    return groups
+
+
+class TeacherCache:
+    """Sigmoid scores (main and auxiliary head) of each old class's teacher for every
+    image of the step in every view: tensors of shape (views, N, n_old)."""
+
+    def __init__(self, main: torch.Tensor, aux: torch.Tensor):
+        self.main, self.aux = main, aux
+
+    @classmethod
+    @torch.no_grad()
+    def build(cls, bundle: Bundle, assignment: list[int], images: torch.Tensor, n_views: int,
+              device: torch.device, batch_size: int = 256) -> TeacherCache:
+        n, n_old = images.shape[0], len(assignment)
+        main = torch.zeros(n_views, n, n_old, device=device)
+        aux = torch.zeros_like(main)
+        for teacher_step, cols in _columns_by_teacher(assignment).items():
+            teacher = model_of_step(bundle, teacher_step, device)
+            for v in range(n_views):
+                for start in range(0, n, batch_size):
+                    x = images[start:start + batch_size].to(device)
+                    view = torch.full((x.shape[0],), v, device=device)
+                    out = teacher(apply_view(x, view))
+                    main[v, start:start + x.shape[0], cols] = torch.sigmoid(out.logits[:, cols])
+                    aux[v, start:start + x.shape[0], cols] = torch.sigmoid(out.aux_logits[:, cols])
+            del teacher
+        return cls(main, aux)
+
+    def targets(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.main[batch.view, batch.index], self.aux[batch.view, batch.index]
+
+
+class LiveTeachers:
+    """Runs every teacher on every batch (the cost the cache avoids)."""
+
+    def __init__(self, bundle: Bundle, assignment: list[int], device: torch.device):
+        self.groups = _columns_by_teacher(assignment)
+        self.models = {t: model_of_step(bundle, t, device) for t in self.groups}
+        self.n_old = len(assignment)
+
+    @torch.no_grad()
+    def targets(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        n = batch.images.shape[0]
+        main = torch.zeros(n, self.n_old, device=batch.images.device)
+        aux = torch.zeros_like(main)
+        for teacher_step, cols in self.groups.items():
+            out = self.models[teacher_step](batch.images)
+            main[:, cols] = torch.sigmoid(out.logits[:, cols])
+            aux[:, cols] = torch.sigmoid(out.aux_logits[:, cols])
+        return main, aux

