@@ -55,7 +55,7 @@ def predict(bundle: Path, paths: tuple[Path, ...], top_k: int, step: int | None,
     files = []
     for p in paths:
         if p.is_dir():
-            files.extend(list_images(p))
+            files.extend(list_images(p, recursive=True))
         elif p.is_file():
             files.append(p)
         else:

@@ -28,8 +28,8 @@ _DEFAULTS = StepConfig()
               type=click.IntRange(min=1))
 @click.option("--finetune-epochs", type=click.IntRange(min=0),
               help="Epochs after pruning (default: half of --epochs).")
-@click.option("--lr", default=_DEFAULTS.lr, show_default=True, type=click.FloatRange(min=0,
-              min_open=True))
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True),
+              help="Learning rate (default: 2.0 as in the paper; 0.1 for mnist5k and digits).")
 @click.option("--batch-size", default=_DEFAULTS.batch_size, show_default=True,
               type=click.IntRange(min=1))
 @click.option("--prune-ratio", default=_DEFAULTS.prune_ratio, show_default=True,
@@ -58,7 +58,7 @@ def train(dataset, root, image_size, arch, method, order_seed, base_classes, inc
                         class_order(data.num_classes, None if order_seed < 0 else order_seed))
     protocol.steps()  # validate the split before training
     config = StepConfig(
-        epochs=epochs, lr=lr, batch_size=batch_size, prune_ratio=prune_ratio,
+        epochs=epochs, lr=lr or data.default_lr, batch_size=batch_size, prune_ratio=prune_ratio,
         finetune_epochs=finetune_epochs,
         augment=data.default_augment if augment == "auto" else augment,
         device=device, seed=seed, progress=progress)

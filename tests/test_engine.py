@@ -1,0 +1,81 @@
+"""The update engine: no old data, teachers cached once per step, config checks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from m2kd.runtime import teachers as teachers_module
+from m2kd.runtime.engine import StepData, run_step
+from m2kd.runtime.errors import ConfigError, DataError
+from m2kd.runtime.m2kd import M2KD
+from m2kd.runtime.teachers import Batch, LiveTeachers, TeacherCache, assign_teachers
+from m2kd.trainer import protocol as protocol_module
+from m2kd.trainer.datasets import class_order
+from m2kd.trainer.protocol import Protocol, run_protocol
+from tests.conftest import fast_config, steps_of
+
+
+def test_exemplar_free_step_refuses_images_of_old_classes(three_step_bundle, digits):
+    (names, data), = steps_of(digits, 4)[3:4]
+    old = StepData(digits.train_images[:4], torch.tensor([0, 1, 0, 1]))
+    mixed = StepData(torch.cat([data.images, old.images]), torch.cat([data.labels, old.labels]))
+    with pytest.raises(DataError, match="exemplar-free"):
+        run_step(three_step_bundle[-1], mixed, names, M2KD(), fast_config())
+
+
+def test_protocol_hands_each_step_only_its_new_classes(digits, tmp_path, monkeypatch):
+    seen_labels = []
+    real = protocol_module.run_step
+
+    def spy(previous, data, names, method, config, **kw):
+        seen_labels.append(sorted(set(data.labels.tolist())))
+        return real(previous, data, names, method, config, **kw)
+
+    monkeypatch.setattr(protocol_module, "run_step", spy)
+    run_protocol(digits, Protocol(2, 2, class_order(10, 0)[:6]), "m2kd",
+                 fast_config(epochs=1), tmp_path, log=lambda s: None)
+    assert seen_labels == [[0, 1], [2, 3], [4, 5]]
+
+
+def test_teacher_cache_equals_per_batch_teachers(three_step_bundle, digits):
+    bundle = three_step_bundle[-1]
+    (_, data), = steps_of(digits, 4)[3:4]
+    assignment = assign_teachers(bundle.step_of_class(), 4, "all")
+    cache = TeacherCache.build(bundle, assignment, data.images, 2, torch.device("cpu"))
+    live = LiveTeachers(bundle, assignment, torch.device("cpu"))
+    index = torch.arange(0, 40, 3)
+    view = torch.tensor([0, 1] * 7)[:len(index)]
+    images = teachers_module.apply_view(data.images[index], view)
+    batch = Batch(images, data.labels[index], index, view)
+    for cached, direct in zip(cache.targets(batch), live.targets(batch)):
+        assert torch.allclose(cached, direct, atol=1e-6)
+
+
+def test_teachers_are_rebuilt_once_per_step_not_per_batch(three_step_bundle, digits,
+                                                          monkeypatch):
+    calls = []
+    real = teachers_module.model_of_step
+
+    def counting(bundle, step, device="cpu"):
+        calls.append(step)
+        return real(bundle, step, device)
+
+    monkeypatch.setattr(teachers_module, "model_of_step", counting)
+    (names, data), = steps_of(digits, 4)[3:4]
+    run_step(three_step_bundle[-1], data, names, M2KD(), fast_config(epochs=2, batch_size=16))
+    assert sorted(calls) == [1, 2, 3]  # each teacher once, though there were many batches
+
+
+def test_bad_step_config_is_refused(digits):
+    (names, data), = steps_of(digits, 1)
+    with pytest.raises(ConfigError, match="pruning ratio"):
+        run_step(None, data, names, M2KD(), fast_config(prune_ratio=1.5), arch="resnet_small",
+                 input_spec=digits.input_spec)
+
+
+def test_existing_class_name_is_refused(three_step_bundle, digits):
+    (_, data), = steps_of(digits, 4)[3:4]
+    existing = three_step_bundle[-1].classes[0]
+    with pytest.raises(DataError, match=f"already in the bundle: {existing}"):
+        run_step(three_step_bundle[-1], data, [existing, "new"], M2KD(), fast_config())
