@@ -9,10 +9,12 @@ import torch
 
 from .bundle import Bundle, load_bundle, save_bundle
 from .devices import resolve_device
-from .errors import BundleIntegrityError
+from .engine import StepConfig, StepReport
+from .errors import BundleIntegrityError, DataError
 from .images import to_model_input
 from .inference import Prediction, predict_batch
 from .reconstruct import check_probes, model_of_step
+from .update import NewClasses, add_classes, read_new_classes
 
 
 class Runtime:
@@ -53,6 +55,38 @@ class Runtime:
         x = to_model_input(images, self.bundle.input_spec)
         classes = self.bundle.classes_up_to(step or self.steps)
         return predict_batch(model, classes, x, top_k, self.device)
+
+    def add_classes(self, new, epochs: int = 10, lr: float = 0.1, batch_size: int = 128,
+                    prune_ratio: float = 0.75, seed: int = 0, skip_bad: bool = False,
+                    progress: bool = False, **step_options) -> StepReport:
+        """Learn new classes without any old data (one M2KD step) and keep them in memory;
+        call `save` to write the bundle.
+
+        `new` is a folder with one sub-folder of images per class, or a mapping from
+        class name to images (anything `predict` accepts).
+        """
+        classes = (read_new_classes(self.bundle, new, skip_bad)
+                   if isinstance(new, (str, os.PathLike)) else self._new_from_mapping(new))
+        config = StepConfig(epochs=epochs, lr=lr, batch_size=batch_size, prune_ratio=prune_ratio,
+                            seed=seed, device=str(self.device), progress=progress,
+                            **step_options)
+        self.bundle, report = add_classes(self.bundle, classes, config)
+        self._models.clear()
+        return report
+
+    def _new_from_mapping(self, mapping) -> NewClasses:
+        names, images, labels = [], [], []
+        for label, (name, items) in enumerate(mapping.items()):
+            x = to_model_input(items, self.bundle.input_spec)
+            names.append(str(name))
+            images.append(x)
+            labels.append(torch.full((len(x),), label, dtype=torch.long))
+        if not names:
+            raise DataError("no new classes given")
+        clash = sorted(set(names) & set(self.classes))
+        if clash:
+            raise DataError(f"class(es) already in the bundle: {', '.join(clash)}")
+        return NewClasses(names, torch.cat(images), torch.cat(labels))
 
     def save(self, path: str | os.PathLike) -> str:
         """Write the bundle atomically; returns its checksum."""

@@ -18,6 +18,7 @@ COMMANDS = {
     "inspect": "m2kd.runtime.commands:inspect_bundle",
     "verify": "m2kd.runtime.commands:verify",
     "predict": "m2kd.runtime.commands:predict",
+    "add-classes": "m2kd.runtime.add_classes_command:add_classes_command",
 }
 
 

@@ -24,6 +24,8 @@ _DEFAULTS = StepConfig()
               help="Seed of the random class order; -1 keeps the natural order.")
 @click.option("--base-classes", default=2, show_default=True, type=click.IntRange(min=1))
 @click.option("--increment", default=2, show_default=True, type=click.IntRange(min=1))
+@click.option("--steps", "max_steps", type=click.IntRange(min=1),
+              help="Stop after this many steps (e.g. leave classes for add-classes).")
 @click.option("--epochs", default=_DEFAULTS.epochs, show_default=True,
               type=click.IntRange(min=1))
 @click.option("--finetune-epochs", type=click.IntRange(min=0),
@@ -42,7 +44,8 @@ _DEFAULTS = StepConfig()
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("runs/last"),
               show_default=True, help="Folder for bundle.safetensors and results.json.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
-def train(dataset, root, image_size, arch, method, order_seed, base_classes, increment, epochs,
+def train(dataset, root, image_size, arch, method, order_seed, base_classes, increment, max_steps,
+          epochs,
           finetune_epochs, lr, batch_size, prune_ratio, augment, device, seed, out, progress):
     """Train step by step on a dataset and write the bundle and results.json."""
     from m2kd.runtime.devices import resolve_device
@@ -55,7 +58,8 @@ def train(dataset, root, image_size, arch, method, order_seed, base_classes, inc
     resolve_device(device)
     data = load_dataset(dataset, str(root) if root else None, seed=seed, image_size=image_size)
     protocol = Protocol(base_classes, increment,
-                        class_order(data.num_classes, None if order_seed < 0 else order_seed))
+                        class_order(data.num_classes, None if order_seed < 0 else order_seed),
+                        max_steps)
     protocol.steps()  # validate the split before training
     config = StepConfig(
         epochs=epochs, lr=lr or data.default_lr, batch_size=batch_size, prune_ratio=prune_ratio,
@@ -79,14 +83,16 @@ def train(dataset, root, image_size, arch, method, order_seed, base_classes, inc
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--per-class", default=5, show_default=True, type=click.IntRange(min=1))
 @click.option("--classes", help="Comma-separated class names (default: all).")
+@click.option("--split", type=click.Choice(["train", "test"]), default="test",
+              show_default=True, help="Which split the images come from.")
 @click.option("--flat", is_flag=True, help="One folder of files instead of a folder per class.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the split.")
-def samples(dataset, out, per_class, classes, flat, seed):
+def samples(dataset, out, per_class, classes, split, flat, seed):
     """Write held-out test images of a packaged dataset as PNG files."""
     from .datasets import load_dataset
     from .samples import write_samples
 
     data = load_dataset(dataset, seed=seed)
     names = [c.strip() for c in classes.split(",")] if classes else None
-    written = write_samples(data, out, per_class, names, flat)
+    written = write_samples(data, out, per_class, names, flat, split)
     click.echo(f"wrote {len(written)} PNG files under {out}")

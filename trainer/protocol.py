@@ -32,6 +32,7 @@ class Protocol:
     base_classes: int
     increment: int
     order: list[int]  # original class ids in the order they are learned
+    max_steps: int | None = None  # stop early, leaving the remaining classes unlearned
 
     def steps(self) -> list[list[int]]:
         """Class ids of each step: `base_classes`, then `increment` at a time."""
@@ -40,7 +41,7 @@ class Protocol:
             raise ConfigError(f"base classes must be in 1..{n} and the increment >= 1")
         cuts = list(range(self.base_classes, n, self.increment))
         bounds = [0] + cuts + [n]
-        return [self.order[a:b] for a, b in zip(bounds, bounds[1:])]
+        return [self.order[a:b] for a, b in zip(bounds, bounds[1:])][:self.max_steps]
 
 
 def step_data(images: torch.Tensor, labels: torch.Tensor, classes: list[int],

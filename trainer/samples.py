@@ -12,8 +12,8 @@ from .datasets import Dataset
 
 
 def write_samples(dataset: Dataset, out: Path, per_class: int, classes: list[str] | None = None,
-                  flat: bool = False) -> list[Path]:
-    """`out/<class>/<i>.png` (or `out/<class>_<i>.png` with `flat`) from the test split,
+                  flat: bool = False, split: str = "test") -> list[Path]:
+    """`out/<class>/<i>.png` (or `out/<class>_<i>.png` with `flat`) from a split,
     un-normalised back to 8-bit pixels."""
     from PIL import Image
 
@@ -27,7 +27,9 @@ def write_samples(dataset: Dataset, out: Path, per_class: int, classes: list[str
     written = []
     for name in names:
         label = dataset.class_names.index(name)
-        images = dataset.test_images[dataset.test_labels == label][:per_class].numpy()
+        pool, labels = ((dataset.test_images, dataset.test_labels) if split == "test"
+                        else (dataset.train_images, dataset.train_labels))
+        images = pool[labels == label][:per_class].numpy()
         folder = out if flat else out / name
         folder.mkdir(parents=True, exist_ok=True)
         for i, x in enumerate(images):

@@ -1,0 +1,60 @@
+"""On-device class addition: one exemplar-free M2KD step from image folders.
+
+Only the new classes' images are read (invariant 3). Everything is checked
+before training starts, so a refusal writes nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .bundle import MAX_STEPS, Bundle
+from .engine import StepConfig, StepData, StepReport, run_step
+from .errors import CapacityError, ConfigError, DataError
+from .folders import read_class_folders
+from .images import normalise
+from .m2kd import M2KD
+
+
+@dataclass
+class NewClasses:
+    names: list[str]
+    images: torch.Tensor  # normalised (N, C, H, W)
+    labels: torch.Tensor  # 0..len(names)-1
+
+
+def read_new_classes(bundle: Bundle, folder: str | Path, skip_bad: bool = False) -> NewClasses:
+    """Read `folder/<class>/*` in the bundle's input spec and refuse known class names."""
+    names, pixels, labels = read_class_folders(folder, bundle.input_spec, skip_bad)
+    clash = sorted(set(names) & set(bundle.classes))
+    if clash:
+        raise DataError(f"class(es) already in the bundle: {', '.join(clash)}; "
+                        "rename the folder(s) to add a different class")
+    return NewClasses(names, normalise(pixels, bundle.input_spec), labels)
+
+
+def check_capacity(bundle: Bundle, prune_ratio: float) -> None:
+    """Refuse a step that could not own a single weight in some layer."""
+    if bundle.num_steps >= MAX_STEPS:
+        raise CapacityError(f"the bundle already has {MAX_STEPS} steps, the format's maximum")
+    for name, mask in bundle.masks.items():
+        n_free = int((mask == 0).sum())
+        if round((1.0 - prune_ratio) * n_free) < 1:
+            overall = sum(int((m == 0).sum()) for m in bundle.masks.values())
+            total = sum(m.numel() for m in bundle.masks.values())
+            raise CapacityError(
+                f"too little free capacity for another step: layer {name} has {n_free} free "
+                f"weights ({100 * overall / total:.2f}% free overall); see `m2kd inspect`, or "
+                "lower --prune-ratio")
+
+
+def add_classes(bundle: Bundle, new: NewClasses, config: StepConfig) -> tuple[Bundle, StepReport]:
+    """Run one exemplar-free M2KD step that appends `new.names` to `bundle`."""
+    if config.prune_ratio is None:
+        raise ConfigError("on-device steps must prune, or later steps could not rebuild them")
+    check_capacity(bundle, config.prune_ratio)
+    data = StepData(new.images, new.labels + len(bundle.classes))
+    return run_step(bundle, data, new.names, M2KD(), config)

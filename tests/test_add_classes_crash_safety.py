@@ -1,0 +1,69 @@
+"""Killing `m2kd add-classes` at any moment leaves a bundle that loads, verifies, and is
+either the old one or the new one; with --keep-previous the old one is always there."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from m2kd.runtime.api import Runtime
+from m2kd.trainer.samples import write_samples
+
+GOLDEN = Path(__file__).parent / "data" / "golden-v1.safetensors"
+
+# Runs the real CLI with every fsync slowed down, so kills also land inside the write.
+CHILD = """
+import os, sys, time
+real_fsync = os.fsync
+def slow_fsync(fd):
+    time.sleep(0.15)
+    real_fsync(fd)
+os.fsync = slow_fsync
+from m2kd.runtime.cli import cli
+cli(sys.argv[1:])
+"""
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _start(bundle: Path, data: Path) -> subprocess.Popen:
+    args = ["add-classes", str(bundle), "--data", str(data), "--keep-previous", "--epochs", "3",
+            "--batch-size", "16", "--device", "cpu", "--no-progress"]
+    return subprocess.Popen([sys.executable, "-c", CHILD, *args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+
+
+def test_sigkill_at_many_points_leaves_old_or_new_bundle(digits, tmp_path):
+    data = tmp_path / "data"
+    write_samples(digits, data, 30, ["6", "7"], split="train")
+    bundle = tmp_path / "bundle.safetensors"
+    prev = tmp_path / "bundle.safetensors.prev"
+    old = _digest(GOLDEN)
+
+    bundle.write_bytes(GOLDEN.read_bytes())
+    started = time.perf_counter()
+    assert _start(bundle, data).wait(timeout=120) == 0
+    full_run = time.perf_counter() - started
+    outcomes = set()
+    for fraction in (0.05, 0.3, 0.5, 0.7, 0.8, 0.86, 0.9, 0.94, 0.97, 1.0):
+        bundle.write_bytes(GOLDEN.read_bytes())
+        prev.unlink(missing_ok=True)
+        proc = _start(bundle, data)
+        time.sleep(fraction * full_run)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        rt = Runtime.load(bundle)  # loads, checksum and every probe verified
+        if _digest(bundle) == old:
+            outcomes.add("old")
+        else:
+            assert rt.steps == 3 and rt.classes[-2:] == ["6", "7"]
+            assert _digest(prev) == old  # the old bundle is kept whenever it was replaced
+            outcomes.add("new")
+    assert "old" in outcomes  # the kills did interrupt runs, not only finished ones
