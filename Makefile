@@ -24,6 +24,7 @@ demo: $(STAMP)
 	$(M2KD) predict $(DEMO)/bundle.safetensors $(DEMO)/heldout
 
 test: $(STAMP)
+	$(VENV)/bin/ruff check runtime trainer export tests benchmarks
 	$(PY) -m pytest -q -m "not slow"
 
 test-all: $(STAMP)

@@ -38,7 +38,8 @@ class LazyGroup(click.Group):
         except M2KDError as e:
             raise click.ClickException(str(e)) from None
         except OSError as e:  # unwritable output folder, full disk, ...
-            raise click.ClickException(f"{e.strerror or e}: {e.filename or ''}".rstrip(": "))
+            message = f"{e.strerror or e}: {e.filename or ''}".rstrip(": ")
+            raise click.ClickException(message) from None
 
     def main(self, args=None, prog_name=None, **extra):
         extra["standalone_mode"] = False

@@ -1,0 +1,74 @@
+"""Cost of adding one class of 400 images to bundles with 2, 5 and 10 existing steps,
+with the per-step teacher cache against naive per-batch teacher forwards.
+
+Each measurement runs in its own process, so peak memory is that run's own.
+Usage: python benchmarks/add_classes.py [--epochs 4] [--device auto]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+
+import torch
+
+from m2kd.runtime.bundle import InputSpec
+from m2kd.runtime.engine import StepConfig, StepData, run_step
+from m2kd.runtime.m2kd import M2KD
+
+SPEC = InputSpec(1, 28, 28, (0.0,), (1.0,))
+
+
+def build_bundle(n_steps: int):
+    """A bundle of `n_steps` tiny steps (1 class each, random images): cost, not accuracy."""
+    bundle, g = None, torch.Generator().manual_seed(0)
+    for k in range(n_steps):
+        data = StepData(torch.randn(32, 1, 28, 28, generator=g), torch.full((32,), k))
+        cfg = StepConfig(epochs=1, lr=0.1, device="cpu", progress=False, augment="none")
+        bundle, _ = run_step(bundle, data, [f"c{k}"], M2KD(), cfg, arch="resnet_small",
+                             input_spec=SPEC)
+    return bundle
+
+
+def measure(n_steps: int, teacher_mode: str, epochs: int, device: str, queue) -> None:
+    torch.set_num_threads(2)
+    bundle = build_bundle(n_steps)
+    g = torch.Generator().manual_seed(1)
+    data = StepData(torch.randn(400, 1, 28, 28, generator=g),
+                    torch.full((400,), n_steps))
+    cfg = StepConfig(epochs=epochs, lr=0.1, augment="flip", teacher_mode=teacher_mode,
+                     device=device, progress=False)
+    _, report = run_step(bundle, data, ["new"], M2KD(), cfg)
+    queue.put({"steps": n_steps, "teachers": teacher_mode, "seconds": report.seconds,
+               "images_per_second": report.images_per_second,
+               "peak_mib": report.peak_memory_bytes / 2**20})
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--device", default="auto")
+    args = p.parse_args()
+    ctx = mp.get_context("spawn")
+    rows = []
+    for n in (2, 5, 10):
+        for mode in ("cache", "live"):
+            q = ctx.Queue()
+            proc = ctx.Process(target=measure, args=(n, mode, args.epochs, args.device, q))
+            proc.start()
+            rows.append(q.get())
+            proc.join()
+    print(f"{'steps':>5} {'teachers':>8} {'seconds':>8} {'img/s':>7} {'peak MiB':>9}")
+    for r in rows:
+        print(f"{r['steps']:>5} {r['teachers']:>8} {r['seconds']:>8.2f} "
+              f"{r['images_per_second']:>7.0f} {r['peak_mib']:>9.0f}")
+    t = {(r["steps"], r["teachers"]): r["seconds"] for r in rows}
+    for mode in ("cache", "live"):
+        print(f"{mode}: time 10 steps / 2 steps = {t[(10, mode)] / t[(2, mode)]:.2f}")
+    print(f"live / cache at 10 steps = {t[(10, 'live')] / t[(10, 'cache')]:.2f}")
+    print(json.dumps(rows))
+
+
+if __name__ == "__main__":
+    main()
