@@ -14,7 +14,7 @@ from .errors import BundleIntegrityError, DataError
 from .images import to_model_input
 from .inference import Prediction, predict_batch
 from .reconstruct import check_probes, model_of_step
-from .update import NewClasses, add_classes, read_new_classes
+from .update import NewClasses, add_classes, read_new_classes, refuse_known_classes
 
 
 class Runtime:
@@ -83,9 +83,7 @@ class Runtime:
             labels.append(torch.full((len(x),), label, dtype=torch.long))
         if not names:
             raise DataError("no new classes given")
-        clash = sorted(set(names) & set(self.classes))
-        if clash:
-            raise DataError(f"class(es) already in the bundle: {', '.join(clash)}")
+        refuse_known_classes(self.bundle, names)
         return NewClasses(names, torch.cat(images), torch.cat(labels))
 
     def save(self, path: str | os.PathLike) -> str:

@@ -29,11 +29,15 @@ class NewClasses:
 def read_new_classes(bundle: Bundle, folder: str | Path, skip_bad: bool = False) -> NewClasses:
     """Read `folder/<class>/*` in the bundle's input spec and refuse known class names."""
     names, pixels, labels = read_class_folders(folder, bundle.input_spec, skip_bad)
+    refuse_known_classes(bundle, names)
+    return NewClasses(names, normalise(pixels, bundle.input_spec), labels)
+
+
+def refuse_known_classes(bundle: Bundle, names: list[str]) -> None:
     clash = sorted(set(names) & set(bundle.classes))
     if clash:
         raise DataError(f"class(es) already in the bundle: {', '.join(clash)}; "
-                        "rename the folder(s) to add a different class")
-    return NewClasses(names, normalise(pixels, bundle.input_spec), labels)
+                        "use a different name to add a different class")
 
 
 def check_capacity(bundle: Bundle, prune_ratio: float) -> None:

@@ -60,13 +60,13 @@ def run_protocol(dataset: Dataset, protocol: Protocol, method_name: str, config:
     arch = arch or dataset.default_arch
     head_index = {c: i for i, c in enumerate(protocol.order)}
     device = resolve_device(config.device)
-    bundle, rows = None, []
+    bundle, rows, seen = None, [], []
     for k, classes in enumerate(protocol.steps(), start=1):
         data = step_data(dataset.train_images, dataset.train_labels, classes, head_index)
         names = [dataset.class_names[c] for c in classes]
         bundle, report = run_step(bundle, data, names, create_method(method_name), config,
                                   arch=arch, input_spec=dataset.input_spec)
-        seen = protocol.order[:sum(len(s) for s in protocol.steps()[:k])]
+        seen = seen + classes
         test = step_data(dataset.test_images, dataset.test_labels, seen, head_index)
         logits = predict_logits(model_of_step(bundle, k, device), test.images, device)
         row = {"step": k, "classes": names, **step_metrics(logits, test.labels,
