@@ -19,6 +19,7 @@ COMMANDS = {
     "verify": "m2kd.runtime.commands:verify",
     "predict": "m2kd.runtime.commands:predict",
     "add-classes": "m2kd.runtime.add_classes_command:add_classes_command",
+    "export": "m2kd.export.cli:export",
 }
 
 

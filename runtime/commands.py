@@ -38,19 +38,22 @@ def verify(bundle: Path) -> None:
 
 
 @click.command()
-@BUNDLE
+@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--top-k", default=3, show_default=True, type=click.IntRange(min=1))
 @click.option("--step", type=click.IntRange(min=1), help="Use the model of this step.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option("--backend", type=click.Choice(["torch"]), default="torch", show_default=True)
+@click.option("--backend", type=click.Choice(["auto", "torch", "onnxruntime"]), default="auto",
+              show_default=True, help="auto: onnxruntime for .onnx files, torch for bundles.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per image.")
-def predict(bundle: Path, paths: tuple[Path, ...], top_k: int, step: int | None, device: str,
+def predict(model: Path, paths: tuple[Path, ...], top_k: int, step: int | None, device: str,
             backend: str, as_json: bool) -> None:
-    """Top-k classes for image files and folders of images."""
-    from .api import Runtime
-    from .errors import DataError
-    from .images import list_images, load_image, normalise
+    """Top-k classes for image files and folders of images.
+
+    MODEL is a bundle (.safetensors) or a graph written by `m2kd export onnx`.
+    """
+    from .errors import ConfigError, DataError
+    from .images import list_images, load_image
 
     files = []
     for p in paths:
@@ -62,12 +65,29 @@ def predict(bundle: Path, paths: tuple[Path, ...], top_k: int, step: int | None,
             raise DataError(f"{p}: no such file or folder")
     if not files:
         raise DataError("no images found in the given folders")
-    runtime = Runtime.load(bundle, device=device, verify=False)
-    spec = runtime.bundle.input_spec
+    is_onnx = model.suffix.lower() == ".onnx"
+    if backend == "auto":
+        backend = "onnxruntime" if is_onnx else "torch"
+    if (backend == "onnxruntime") != is_onnx:
+        raise ConfigError(f"the {backend} backend needs "
+                          f"{'an .onnx file (m2kd export onnx)' if not is_onnx else 'a bundle'}")
     import torch
 
-    batch = normalise(torch.stack([load_image(f, spec) for f in files]), spec)
-    predictions = runtime.predict(batch, top_k=top_k, step=step)
+    if backend == "onnxruntime":
+        from .onnx_backend import OnnxModel
+
+        runner = OnnxModel(model, device)
+        spec = runner.spec
+        pixels = torch.stack([load_image(f, spec) for f in files])
+        predictions = runner.predict(pixels, top_k=top_k, step=step)
+    else:
+        from .api import Runtime
+        from .images import normalise
+
+        runtime = Runtime.load(model, device=device, verify=False)
+        spec = runtime.bundle.input_spec
+        pixels = torch.stack([load_image(f, spec) for f in files])
+        predictions = runtime.predict(normalise(pixels, spec), top_k=top_k, step=step)
     for f, pred in zip(files, predictions):
         if as_json:
             click.echo(json.dumps({"path": str(f), **pred.to_dict()}))

@@ -1,0 +1,151 @@
+"""torch modules whose ONNX export rebuilds a step of a bundle.
+
+- `StepGraph`: the model of one step with every BatchNorm folded into its conv
+  (`W' = W * g / sqrt(v + eps)`, `b' = beta - m * g / sqrt(v + eps)`).
+- `AllStepsGraph`: the shared weights, the owner masks and the per-step
+  BatchNorm and heads stacked along a step axis, all as initializers; the
+  `step` input (int64, shape [1]) selects `W * (1 <= M <= step)` and step's
+  parameters at run time, so the file is about the bundle's size, not K models.
+
+Both output `logits` and `probabilities` (softmax). With `preprocess` the graph
+takes uint8 NHWC images of the bundle's HxW and normalises them itself.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from m2kd.runtime.backbones import BasicBlock, ResNet
+from m2kd.runtime.bundle import Bundle
+from m2kd.runtime.reconstruct import model_of_step
+
+BN_EPS = 1e-5
+
+
+def _fold(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    folded = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
+                       conv.padding, bias=True)
+    with torch.no_grad():
+        folded.weight.copy_(conv.weight * scale.view(-1, 1, 1, 1))
+        folded.bias.copy_(bn.bias - bn.running_mean * scale)
+    return folded
+
+
+@torch.no_grad()
+def fold_batchnorm(model: ResNet) -> ResNet:
+    """In place: every conv absorbs the BatchNorm that follows it (eval-mode statistics)."""
+    model.stem[0] = _fold(model.stem[0], model.stem[1])
+    model.stem[1] = nn.Identity()
+    for stage in model.stages:
+        for block in stage:
+            block.conv1, block.bn1 = _fold(block.conv1, block.bn1), nn.Identity()
+            block.conv2, block.bn2 = _fold(block.conv2, block.bn2), nn.Identity()
+            if len(block.shortcut):
+                block.shortcut[0] = _fold(block.shortcut[0], block.shortcut[1])
+                block.shortcut[1] = nn.Identity()
+    return model.eval()
+
+
+class Preprocess(nn.Module):
+    """uint8 (N, H, W, C) -> normalised float (N, C, H, W)."""
+
+    def __init__(self, mean, std, dtype=torch.float32):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean, dtype=dtype).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=dtype).view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.permute(0, 3, 1, 2).to(self.mean.dtype) / 255.0
+        return (x - self.mean) / self.std
+
+
+class StepGraph(nn.Module):
+    def __init__(self, bundle: Bundle, step: int, preprocess: bool = False, fp16: bool = False):
+        super().__init__()
+        dtype = torch.float16 if fp16 else torch.float32
+        self.model = fold_batchnorm(model_of_step(bundle, step)).to(dtype)
+        spec = bundle.input_spec
+        self.pre = Preprocess(spec.mean, spec.std, dtype) if preprocess else None
+        self.dtype = dtype
+
+    def forward(self, x: torch.Tensor):
+        x = self.pre(x) if self.pre is not None else x.to(self.dtype)
+        logits = self.model(x).logits.float()
+        return logits, torch.softmax(logits, dim=1)
+
+
+class AllStepsGraph(nn.Module):
+    """Every step in one graph; `step` picks the model at run time.
+
+    Padding: logits of classes a step does not know are -inf (probability 0); the
+    `valid` output marks the real classes. An invalid step makes the graph's
+    Gather fail (index out of range) instead of wrapping around.
+    """
+
+    def __init__(self, bundle: Bundle, preprocess: bool = False):
+        super().__init__()
+        self.template = model_of_step(bundle, 1)  # structure only: strides, paddings
+        self.num_steps = bundle.num_steps
+        n_max = len(bundle.classes)
+        for name, w in bundle.weights.items():
+            key = name.replace(".", "_")
+            self.register_buffer(f"w_{key}", w.clone())
+            self.register_buffer(f"m_{key}", bundle.masks[name].clone())
+        for bn in bundle.steps[0].batchnorm:
+            stacked = torch.stack([rec.batchnorm[bn] for rec in bundle.steps])
+            self.register_buffer(f"bn_{bn.replace('.', '_')}", stacked)
+        head_w = torch.zeros(self.num_steps, n_max, self.template.feature_dim)
+        head_b = torch.full((self.num_steps, n_max), float("-inf"))
+        for k, rec in enumerate(bundle.steps):
+            n = rec.head["weight"].shape[0]
+            head_w[k, :n] = rec.head["weight"]
+            head_b[k, :n] = rec.head["bias"]
+        self.register_buffer("head_w", head_w)
+        self.register_buffer("head_b", head_b)
+        spec = bundle.input_spec
+        self.pre = Preprocess(spec.mean, spec.std) if preprocess else None
+
+    def _index(self, step: torch.Tensor) -> torch.Tensor:
+        # step - 1 for 1..K; anything else becomes K, out of range for every Gather below.
+        ok = (step >= 1) & (step <= self.num_steps)
+        return torch.where(ok, step - 1, torch.full_like(step, self.num_steps))
+
+    def _conv_bn(self, x, conv_name: str, bn_name: str, conv: nn.Conv2d, step, idx):
+        key = conv_name.replace(".", "_")
+        mask = getattr(self, f"m_{key}")
+        weight = getattr(self, f"w_{key}") * ((mask >= 1) & (mask.to(torch.int64) <= step)).float()
+        stats = {s: getattr(self, f"bn_{bn_name.replace('.', '_')}_{s}").index_select(0, idx)[0]
+                 for s in ("weight", "bias", "running_mean", "running_var")}
+        scale = stats["weight"] / torch.sqrt(stats["running_var"] + BN_EPS)
+        bias = stats["bias"] - stats["running_mean"] * scale
+        return F.conv2d(x, weight * scale.view(-1, 1, 1, 1), bias, conv.stride, conv.padding)
+
+    def _block(self, x, prefix: str, block: BasicBlock, step, idx):
+        out = torch.relu(self._conv_bn(x, f"{prefix}.conv1.weight", f"{prefix}.bn1",
+                                       block.conv1, step, idx))
+        out = self._conv_bn(out, f"{prefix}.conv2.weight", f"{prefix}.bn2", block.conv2,
+                            step, idx)
+        if len(block.shortcut):
+            x = self._conv_bn(x, f"{prefix}.shortcut.0.weight", f"{prefix}.shortcut.1",
+                              block.shortcut[0], step, idx)
+        return torch.relu(out + x)
+
+    def forward(self, x: torch.Tensor, step: torch.Tensor):
+        x = self.pre(x) if self.pre is not None else x
+        idx = self._index(step)
+        t = self.template
+        h = torch.relu(self._conv_bn(x, "stem.0.weight", "stem.1", t.stem[0], step, idx))
+        if len(t.stem) > 3:
+            h = t.stem[3](h)
+        for s, stage in enumerate(t.stages):
+            for b, block in enumerate(stage):
+                h = self._block(h, f"stages.{s}.{b}", block, step, idx)
+        features = h.mean(dim=(2, 3))
+        weight = self.head_w.index_select(0, idx)[0]
+        bias = self.head_b.index_select(0, idx)[0]
+        logits = features @ weight.t() + bias
+        valid = torch.isfinite(bias)
+        return logits, torch.softmax(logits, dim=1), valid
