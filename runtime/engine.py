@@ -16,6 +16,7 @@ import math
 import resource
 import time
 from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
 from typing import Protocol
 
 import torch
@@ -44,7 +45,9 @@ class StepConfig:
     later_weight_decay: float = 0.0  # ... and 0 afterwards, as in the paper
     lr_milestones: tuple[float, ...] = (0.5,)  # fractions of the phase's epochs
     lr_gamma: float = 0.2  # "decays by a factor of 5"
-    prune_ratio: float | None = 0.75  # None: no pruning, the step owns nothing
+    # None: a non-packing method (FT, LwF-MC, ...): every weight trains in every step and
+    # earlier steps cannot be rebuilt from the bundle (their teachers are kept in memory).
+    prune_ratio: float | None = 0.75
     finetune_epochs: int | None = None  # None: epochs // 2
     augment: str = "flip"  # "flip" or "none"; both are finite, so teachers are cached
     teacher_mode: str = "cache"  # "cache" (once per step) or "live" (per batch)
@@ -86,6 +89,7 @@ class StepContext:
     config: StepConfig
     device: torch.device
     model: ResNet
+    teacher_model: Callable[[int], nn.Module]  # frozen model of an earlier step, on device
     state: dict = field(default_factory=dict)  # a method's scratch space for this step
 
 
@@ -121,15 +125,19 @@ class StepReport:
 
 def run_step(previous: Bundle | None, data: StepData, new_classes: list[str], method: Method,
              config: StepConfig, *, arch: str | None = None,
-             input_spec: InputSpec | None = None) -> tuple[Bundle, StepReport]:
+             input_spec: InputSpec | None = None,
+             snapshots: list[Bundle] | None = None) -> tuple[Bundle, StepReport]:
     """Learn `new_classes` from `data` on top of `previous` (None: the base step).
 
+    Teachers are rebuilt from `previous` (owner masks), or, for non-packing methods,
+    from `snapshots[j - 1]`, the bundle as it was after step j.
     Returns a new in-memory bundle with the step appended; `previous` is not modified.
     """
     config.validate()
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
-    ctx = _make_context(previous, data, new_classes, config, device, arch, input_spec)
+    ctx = _make_context(previous, data, new_classes, config, device, arch, input_spec,
+                        snapshots)
     _check_data(ctx, method)
     masks = _masks_of(previous, ctx.model)
     owned_before = _owned_snapshot(ctx.model, masks)
@@ -138,18 +146,24 @@ def run_step(previous: Bundle | None, data: StepData, new_classes: list[str], me
 
     method.before_step(ctx)
     # Phase 1: train the free weights (M == 0) with everything the method needs.
-    losses = _train_phase(ctx, method, masks, lambda m: m == 0, config.epochs, "train")
+    packing = config.prune_ratio is not None
+    trainable = (lambda m: m == 0) if packing else (lambda m: torch.ones_like(m, dtype=bool))
+    losses = _train_phase(ctx, method, masks, trainable, config.epochs, "train")
     images_seen += config.epochs * len(data.labels)
     kept = None
-    if config.prune_ratio is not None:
+    if packing:
         # Phase 2: prune (Algorithm 1), then fine-tune only what this step now owns.
         kept = _prune(ctx.model, masks, ctx.step, config.prune_ratio).kept_fraction
         epochs = config.finetune_epochs if config.finetune_epochs is not None \
             else max(1, config.epochs // 2)
         losses += _train_phase(ctx, method, masks, lambda m: m == ctx.step, epochs, "finetune")
         images_seen += epochs * len(data.labels)
+    else:
+        # One model, no packing: everything belongs to "step 1" so the last step rebuilds.
+        masks = {name: torch.ones_like(m) for name, m in masks.items()}
     method.after_step(ctx)
-    _check_owned_unchanged(ctx.model, masks, ctx.step, owned_before)
+    if packing:
+        _check_owned_unchanged(ctx.model, masks, ctx.step, owned_before)
 
     bundle = _append_step(previous, ctx, masks, new_classes, method, config, arch, input_spec)
     report = StepReport(ctx.step, time.perf_counter() - started, images_seen, losses, kept,
@@ -159,7 +173,8 @@ def run_step(previous: Bundle | None, data: StepData, new_classes: list[str], me
 
 # ---------------------------------------------------------------- set-up
 
-def _make_context(previous, data, new_classes, config, device, arch, input_spec) -> StepContext:
+def _make_context(previous, data, new_classes, config, device, arch, input_spec,
+                  snapshots) -> StepContext:
     if not new_classes:
         raise DataError("a step must add at least one class")
     if previous is None:
@@ -178,8 +193,12 @@ def _make_context(previous, data, new_classes, config, device, arch, input_spec)
         step = previous.num_steps + 1
         class_steps = previous.step_of_class() + [step] * len(new_classes)
     n_seen = len(class_steps)
+
+    def teacher_model(j: int) -> nn.Module:
+        return model_of_step(snapshots[j - 1] if snapshots else previous, j, device)
+
     return StepContext(step, n_seen - len(new_classes), n_seen, class_steps, previous, data,
-                       config, device, model.to(device).train())
+                       config, device, model.to(device).train(), teacher_model)
 
 
 def _check_data(ctx: StepContext, method: Method) -> None:

@@ -60,9 +60,9 @@ class M2KD:
                                      cfg.skip)
         if ctx.config.teacher_mode == "cache":
             ctx.state["teachers"] = TeacherCache.build(
-                ctx.previous, assignment, ctx.data.images, ctx.config.n_views, ctx.device)
+                ctx.teacher_model, assignment, ctx.data.images, ctx.config.n_views, ctx.device)
         else:
-            ctx.state["teachers"] = LiveTeachers(ctx.previous, assignment, ctx.device)
+            ctx.state["teachers"] = LiveTeachers(ctx.teacher_model, assignment)
 
     def loss(self, ctx: StepContext, out: BackboneOutput, batch: Batch
              ) -> dict[str, torch.Tensor]:

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
+from collections.abc import Callable
 
-from .bundle import Bundle
-from .reconstruct import model_of_step
+import torch
+from torch import nn
 
 
 @dataclass
@@ -61,13 +61,15 @@ class TeacherCache:
 
     @classmethod
     @torch.no_grad()
-    def build(cls, bundle: Bundle, assignment: list[int], images: torch.Tensor, n_views: int,
-              device: torch.device, batch_size: int = 256) -> TeacherCache:
+    def build(cls, model_for: Callable[[int], nn.Module], assignment: list[int],
+              images: torch.Tensor, n_views: int, device: torch.device,
+              batch_size: int = 256) -> TeacherCache:
+        """`model_for(j)` gives the frozen model of step j on `device`."""
         n, n_old = images.shape[0], len(assignment)
         main = torch.zeros(n_views, n, n_old, device=device)
         aux = torch.zeros_like(main)
         for teacher_step, cols in _columns_by_teacher(assignment).items():
-            teacher = model_of_step(bundle, teacher_step, device)
+            teacher = model_for(teacher_step)
             for v in range(n_views):
                 for start in range(0, n, batch_size):
                     x = images[start:start + batch_size].to(device)
@@ -85,9 +87,9 @@ class TeacherCache:
 class LiveTeachers:
     """Runs every teacher on every batch (the cost the cache avoids)."""
 
-    def __init__(self, bundle: Bundle, assignment: list[int], device: torch.device):
+    def __init__(self, model_for: Callable[[int], nn.Module], assignment: list[int]):
         self.groups = _columns_by_teacher(assignment)
-        self.models = {t: model_of_step(bundle, t, device) for t in self.groups}
+        self.models = {t: model_for(t) for t in self.groups}
         self.n_old = len(assignment)
 
     @torch.no_grad()

@@ -5,10 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
+from m2kd.runtime import engine as engine_module
 from m2kd.runtime import teachers as teachers_module
 from m2kd.runtime.engine import StepData, run_step
 from m2kd.runtime.errors import ConfigError, DataError
 from m2kd.runtime.m2kd import M2KD
+from m2kd.runtime.reconstruct import model_of_step
 from m2kd.runtime.teachers import Batch, LiveTeachers, TeacherCache, assign_teachers
 from m2kd.trainer import protocol as protocol_module
 from m2kd.trainer.datasets import class_order
@@ -42,8 +44,11 @@ def test_teacher_cache_equals_per_batch_teachers(three_step_bundle, digits):
     bundle = three_step_bundle[-1]
     (_, data), = steps_of(digits, 4)[3:4]
     assignment = assign_teachers(bundle.step_of_class(), 4, "all")
-    cache = TeacherCache.build(bundle, assignment, data.images, 2, torch.device("cpu"))
-    live = LiveTeachers(bundle, assignment, torch.device("cpu"))
+    def model_for(j):
+        return model_of_step(bundle, j)
+
+    cache = TeacherCache.build(model_for, assignment, data.images, 2, torch.device("cpu"))
+    live = LiveTeachers(model_for, assignment)
     index = torch.arange(0, 40, 3)
     view = torch.tensor([0, 1] * 7)[:len(index)]
     images = teachers_module.apply_view(data.images[index], view)
@@ -55,16 +60,17 @@ def test_teacher_cache_equals_per_batch_teachers(three_step_bundle, digits):
 def test_teachers_are_rebuilt_once_per_step_not_per_batch(three_step_bundle, digits,
                                                           monkeypatch):
     calls = []
-    real = teachers_module.model_of_step
+    real = engine_module.model_of_step
 
-    def counting(bundle, step, device="cpu"):
+    def counting(bundle, step=None, device="cpu"):
         calls.append(step)
         return real(bundle, step, device)
 
-    monkeypatch.setattr(teachers_module, "model_of_step", counting)
+    monkeypatch.setattr(engine_module, "model_of_step", counting)
     (names, data), = steps_of(digits, 4)[3:4]
     run_step(three_step_bundle[-1], data, names, M2KD(), fast_config(epochs=2, batch_size=16))
-    assert sorted(calls) == [1, 2, 3]  # each teacher once, though there were many batches
+    # The live model (last step) once, then each teacher once, though there were many batches.
+    assert sorted(calls, key=str) == [1, 2, 3, None]
 
 
 def test_bad_step_config_is_refused(digits):

@@ -73,8 +73,12 @@ def train(dataset, root, image_size, arch, method, order_seed, base_classes, inc
     results = run_protocol(data, protocol, method, config, out, arch=arch, log=click.echo)
     click.echo(f"average incremental accuracy {100 * results['average_incremental_accuracy']:.1f}"
                f"  final top-1 {100 * results['steps'][-1]['top1']:.1f}")
-    click.echo(f"wrote {out / results['bundle']} ({results['bundle_bytes']} bytes) and "
-               f"{out / 'results.json'}")
+    if results["bundle"]:
+        click.echo(f"wrote {out / results['bundle']} ({results['bundle_bytes']} bytes) and "
+                   f"{out / 'results.json'}")
+    else:
+        click.echo(f"wrote {out / 'results.json'}; {method} does not pack its steps with owner "
+                   "masks, so no bundle is written")
 
 
 @click.command()

@@ -1,28 +1,66 @@
 """The methods as small configurations of the engine, found by name.
 
-Every entry builds a fresh method object; the error for an unknown name lists
-the valid ones.
+Each entry says how to build the method and whether it packs its steps with
+owner masks (then the bundle rebuilds every step and teachers come from it) or
+not (then the trainer keeps earlier models in memory as teachers, and no
+multi-step bundle is written). The error for an unknown name lists valid names.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from m2kd.runtime.errors import ConfigError
 from m2kd.runtime.m2kd import M2KD, M2KDConfig
 
-METHODS: dict[str, Callable[[], object]] = {
-    # M2KD Section 3: multi-model (Eq. 2) + auxiliary (Eq. 3) distillation, with pruning.
-    "m2kd": lambda: M2KD(M2KDConfig(), "m2kd"),
-    # Section 4.4 ablations.
-    "lwf_mc_aux": lambda: M2KD(M2KDConfig(teachers="last"), "lwf_mc_aux"),
-    "lwf_mc_mmd": lambda: M2KD(M2KDConfig(auxiliary=False), "lwf_mc_mmd"),
-    "m2kd_skip1": lambda: M2KD(M2KDConfig(skip=1), "m2kd_skip1"),
-    "m2kd_skip2": lambda: M2KD(M2KDConfig(skip=2), "m2kd_skip2"),
+from .baselines import FineTune, Joint
+from .lwm import LwM
+
+DEFAULT = "default"
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    factory: Callable[[], object]
+    prune_ratio: float | None | str = DEFAULT  # None: no packing; DEFAULT: the run's ratio
+    summary: str = ""
+
+
+def _m2kd(name: str, **config) -> Callable[[], M2KD]:
+    return lambda: M2KD(M2KDConfig(**config), name)
+
+
+METHODS: dict[str, MethodSpec] = {
+    "ft": MethodSpec(FineTune, None, "fine-tuning, no distillation (lower bound)"),
+    "joint": MethodSpec(Joint, None, "all seen classes' data every step (upper bound; "
+                                     "reads old data)"),
+    "lwf_mc": MethodSpec(_m2kd("lwf_mc", teachers="last", auxiliary=False), None,
+                         "iCaRL's LwF-MC: BCE, distillation from the last model (Eq. 1)"),
+    "lwm": MethodSpec(LwM, None, "LwF-MC + Grad-CAM attention distillation (LwM Eq. 3-6)"),
+    "m2kd": MethodSpec(_m2kd("m2kd"), DEFAULT, "multi-model + auxiliary distillation, "
+                                               "pruning (M2KD)"),
+    "m2kd_noprune": MethodSpec(_m2kd("m2kd_noprune"), None,
+                               "M2KD keeping every snapshot instead of pruning"),
+    "lwf_mc_aux": MethodSpec(_m2kd("lwf_mc_aux", teachers="last"), None,
+                             "LwF-MC + auxiliary distillation (Sec. 4.4)"),
+    "lwf_mc_mmd": MethodSpec(_m2kd("lwf_mc_mmd", auxiliary=False), None,
+                             "multi-model distillation only (Sec. 4.4)"),
+    "m2kd_skip1": MethodSpec(_m2kd("m2kd_skip1", skip=1), DEFAULT,
+                             "M2KD without the first model (Sec. 4.4)"),
+    "m2kd_skip2": MethodSpec(_m2kd("m2kd_skip2", skip=2), DEFAULT,
+                             "M2KD without the first two models (Sec. 4.4)"),
 }
+for _ratio in (0.6, 0.7, 0.8, 0.9):  # Table 1's pruning-ratio sweep
+    METHODS[f"m2kd_p{int(_ratio * 100)}"] = MethodSpec(
+        _m2kd(f"m2kd_p{int(_ratio * 100)}"), _ratio, f"M2KD with pruning ratio {_ratio}")
+
+
+def method_spec(name: str) -> MethodSpec:
+    if name not in METHODS:
+        raise ConfigError(f"unknown method {name!r}; choose one of {', '.join(sorted(METHODS))}")
+    return METHODS[name]
 
 
 def create_method(name: str):
-    if name not in METHODS:
-        raise ConfigError(f"unknown method {name!r}; choose one of {', '.join(sorted(METHODS))}")
-    return METHODS[name]()
+    return method_spec(name).factory()

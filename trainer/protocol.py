@@ -1,27 +1,29 @@
 """A class-incremental run: split the class order into steps, run each step with the
-engine, evaluate on every class seen so far, and write the bundle and results.json.
+engine, evaluate on every class seen so far, and write results.json (and the
+bundle, for methods that pack their steps with owner masks).
 
-Exemplar-free methods are handed only the images of the step's new classes.
+Exemplar-free methods are handed only the images of the step's new classes;
+`joint` (which says so) gets every seen class's images.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
 
 from m2kd.runtime.atomic import atomic_write_text
-from m2kd.runtime.bundle import save_bundle
+from m2kd.runtime.bundle import save_bundle, snapshot_bytes
 from m2kd.runtime.devices import resolve_device
 from m2kd.runtime.engine import StepConfig, StepData, run_step
 from m2kd.runtime.errors import ConfigError
 from m2kd.runtime.reconstruct import model_of_step
 
 from .datasets import Dataset
-from .methods import create_method
+from .methods import DEFAULT, method_spec
 from .metrics import average_incremental_accuracy, forgetting, predict_logits, step_metrics
 
 RESULTS_SCHEMA = "m2kd-results/1"
@@ -52,33 +54,71 @@ def step_data(images: torch.Tensor, labels: torch.Tensor, classes: list[int],
     return StepData(images[keep], mapped)
 
 
+def config_for(method_name: str, config: StepConfig) -> StepConfig:
+    """The run's config with the method's own pruning (None for non-packing methods)."""
+    ratio = method_spec(method_name).prune_ratio
+    return config if ratio == DEFAULT else replace(config, prune_ratio=ratio)
+
+
 def run_protocol(dataset: Dataset, protocol: Protocol, method_name: str, config: StepConfig,
                  out_dir: str | Path, arch: str | None = None,
                  log: Callable[[str], None] = print) -> dict:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     arch = arch or dataset.default_arch
+    config = config_for(method_name, config)
+    packing = config.prune_ratio is not None
     head_index = {c: i for i, c in enumerate(protocol.order)}
     device = resolve_device(config.device)
-    bundle, rows, seen = None, [], []
+    bundle, rows, seen, snapshots = None, [], [], []
     for k, classes in enumerate(protocol.steps(), start=1):
-        data = step_data(dataset.train_images, dataset.train_labels, classes, head_index)
-        names = [dataset.class_names[c] for c in classes]
-        bundle, report = run_step(bundle, data, names, create_method(method_name), config,
-                                  arch=arch, input_spec=dataset.input_spec)
+        method = method_spec(method_name).factory()
         seen = seen + classes
+        data = step_data(dataset.train_images, dataset.train_labels,
+                         seen if method.reads_old_data else classes, head_index)
+        names = [dataset.class_names[c] for c in classes]
+        bundle, report = run_step(bundle, data, names, method, config, arch=arch,
+                                  input_spec=dataset.input_spec,
+                                  snapshots=None if packing else snapshots)
+        if not packing:
+            snapshots.append(bundle)  # the model after step k, teacher of later steps
         test = step_data(dataset.test_images, dataset.test_labels, seen, head_index)
         logits = predict_logits(model_of_step(bundle, k, device), test.images, device)
-        row = {"step": k, "classes": names, **step_metrics(logits, test.labels,
-                                                           bundle.step_of_class()),
+        row = {"step": k, "classes": names,
+               **step_metrics(logits, test.labels, bundle.step_of_class()),
                "train": report.to_dict()}
         rows.append(row)
         log(format_row(row))
-    bundle_path = out_dir / "bundle.safetensors"
-    save_bundle(bundle, bundle_path)
+    confusion = confusion_matrix(logits.argmax(1), test.labels, len(seen))
+    bundle_path = out_dir / "bundle.safetensors" if packing else None
+    if bundle_path:
+        save_bundle(bundle, bundle_path)
     results = summarise(dataset, protocol, method_name, arch, config, rows, bundle_path)
+    results["confusion_matrix"] = confusion
+    results["memory"] = memory_report(bundle, bundle_path, method_name, packing)
     atomic_write_text(out_dir / "results.json", json.dumps(results, indent=2))
     return results
+
+
+def confusion_matrix(predicted: torch.Tensor, labels: torch.Tensor, n: int) -> list[list[int]]:
+    """Rows: true class (head order), columns: predicted class."""
+    matrix = torch.zeros(n, n, dtype=torch.long)
+    matrix.index_put_((labels, predicted), torch.ones_like(labels), accumulate=True)
+    return matrix.tolist()
+
+
+def memory_report(bundle, bundle_path, method_name: str, packing: bool) -> dict:
+    """What a method must keep to learn the next step, beside the current model."""
+    per_model = snapshot_bytes(bundle) // bundle.num_steps
+    if packing:
+        kept = {"bundle_bytes": bundle_path.stat().st_size}
+    else:
+        teachers = {"ft": 0, "joint": 0}.get(method_name, None)
+        if teachers is None:
+            teachers = 1 if method_name in ("lwf_mc", "lwf_mc_aux", "lwm") else bundle.num_steps
+        kept = {"teacher_models_kept": teachers, "snapshot_bytes": teachers * per_model}
+    return {"model_bytes": per_model, "every_snapshot_bytes": snapshot_bytes(bundle),
+            "exemplar_bytes": 0, **kept}
 
 
 def summarise(dataset, protocol, method_name, arch, config, rows, bundle_path) -> dict:
@@ -96,8 +136,8 @@ def summarise(dataset, protocol, method_name, arch, config, rows, bundle_path) -
         "accuracy_matrix": matrix,
         "average_incremental_accuracy": average_incremental_accuracy([r["top1"] for r in rows]),
         "forgetting": forgetting(matrix),
-        "bundle": bundle_path.name,
-        "bundle_bytes": bundle_path.stat().st_size,
+        "bundle": bundle_path.name if bundle_path else None,
+        "bundle_bytes": bundle_path.stat().st_size if bundle_path else None,
     }
 
 
