@@ -15,6 +15,7 @@ from .errors import M2KDError
 COMMANDS = {
     "train": "m2kd.trainer.cli:train",
     "samples": "m2kd.trainer.cli:samples",
+    "bench": "m2kd.trainer.cli:bench",
     "inspect": "m2kd.runtime.commands:inspect_bundle",
     "verify": "m2kd.runtime.commands:verify",
     "predict": "m2kd.runtime.commands:predict",

@@ -60,7 +60,7 @@ class StepConfig:
             raise ConfigError("epochs and batch size must be >= 1 and lr > 0")
         if self.prune_ratio is not None and not 0.0 <= self.prune_ratio < 1.0:
             raise ConfigError(f"pruning ratio must be in [0, 1), got {self.prune_ratio}")
-        if self.augment not in ("flip", "none"):
+        if self.augment not in ("flip", "none"):  # "auto" is resolved by the caller
             raise ConfigError(f"augment must be 'flip' or 'none', got {self.augment!r}")
         if self.teacher_mode not in ("cache", "live"):
             raise ConfigError(f"teacher_mode must be 'cache' or 'live', got {self.teacher_mode!r}")

@@ -100,3 +100,42 @@ def samples(dataset, out, per_class, classes, split, flat, seed):
     names = [c.strip() for c in classes.split(",")] if classes else None
     written = write_samples(data, out, per_class, names, flat, split)
     click.echo(f"wrote {len(written)} PNG files under {out}")
+
+
+@click.command()
+@click.option("--preset", default="mnist", show_default=True, help="A named protocol.")
+@click.option("--methods", default="ft,lwf_mc,m2kd", show_default=True,
+              help="Comma-separated method names.")
+@click.option("--seeds", default="0,1,2", show_default=True, help="Comma-separated seeds.")
+@click.option("--root", type=click.Path(file_okay=False, path_type=Path),
+              help="Local data folder for CIFAR presets.")
+@click.option("--epochs", type=click.IntRange(min=1), help="Override the preset's epochs.")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="Override the lr.")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True)
+def bench(preset, methods, seeds, root, epochs, lr, device, out):
+    """Run methods x seeds on a preset; write report.md (mean ± std) and plots."""
+    import shlex
+    import sys
+
+    from m2kd.runtime.devices import resolve_device
+    from m2kd.runtime.errors import ConfigError
+
+    from .bench import run_grid, write_report
+    from .presets import get_preset
+
+    p = get_preset(preset, epochs=epochs, lr=lr)
+    names = [m.strip() for m in methods.split(",") if m.strip()]
+    try:
+        seed_list = [int(s) for s in seeds.split(",")]
+    except ValueError:
+        raise ConfigError(f"--seeds must be comma-separated integers, not {seeds!r}") from None
+    resolve_device(device)
+    config = StepConfig(epochs=p.epochs, lr=p.lr, batch_size=p.batch_size, augment="auto",
+                        device=device, progress=False)
+    out.mkdir(parents=True, exist_ok=True)
+    results = run_grid(p, names, seed_list, out, config, str(root) if root else None,
+                       log=click.echo)
+    command = "m2kd " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    report = write_report(results, preset, p, command, out)
+    click.echo(f"wrote {report}")

@@ -77,7 +77,9 @@ class LwM:
         student_map = grad_cam(out.logits.gather(1, b).squeeze(1), out.stages[-1], True)
         teacher_map = grad_cam(t_out.logits.gather(1, b).squeeze(1), t_out.stages[-1],
                                False).detach()
-        l_ad = attention_distillation(teacher_map, student_map)
+        # The BCE terms are divided by C (mean over classes, see runtime/losses.py) where the
+        # paper sums over classes; dividing L_AD by C too keeps Eq. 3's balance for gamma.
+        l_ad = attention_distillation(teacher_map, student_map) / c
         total = l_c + self.config.beta * l_d + self.config.gamma * l_ad
         return {"loss": total, "classify": l_c, "distill": l_d, "attention": l_ad}
 

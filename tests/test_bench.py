@@ -1,0 +1,25 @@
+"""`m2kd bench` on a tiny grid writes a report with every method and the plots."""
+
+from __future__ import annotations
+
+from click.testing import CliRunner
+
+from m2kd.runtime.cli import cli
+
+
+def test_bench_writes_report_and_plots(tmp_path):
+    out = tmp_path / "bench"
+    result = CliRunner().invoke(cli, ["bench", "--preset", "digits", "--methods", "ft,m2kd",
+                                      "--seeds", "0,1", "--epochs", "1", "--device", "cpu",
+                                      "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    report = (out / "report.md").read_text()
+    assert "| ft |" in report and "| m2kd |" in report and "±" in report
+    assert (out / "accuracy_per_step.png").stat().st_size > 1000
+    assert (out / "confusion_matrices.png").stat().st_size > 1000
+    assert (out / "runs" / "m2kd" / "seed1" / "results.json").is_file()
+
+
+def test_bench_refuses_unknown_method_before_running(tmp_path):
+    result = CliRunner().invoke(cli, ["bench", "--methods", "ft,nope", "--out", str(tmp_path)])
+    assert result.exit_code != 0 and "unknown method 'nope'" in result.output

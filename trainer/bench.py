@@ -1,0 +1,107 @@
+"""`m2kd bench`: every method x seed on one preset, then report.md and plots.
+
+Each run writes OUT/runs/<method>/seed<k>/results.json; a run whose results
+already exist is reused, so an interrupted grid resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+from m2kd.runtime.engine import StepConfig
+
+from .datasets import load_dataset
+from .methods import method_spec
+from .orders import named_order
+from .presets import Preset
+from .protocol import Protocol, run_protocol
+
+
+def run_grid(preset: Preset, methods: list[str], seeds: list[int], out: Path,
+             config: StepConfig, root: str | None = None,
+             log: Callable[[str], None] = print) -> dict[str, list[dict]]:
+    for m in methods:
+        method_spec(m)  # fail on a bad name before any work
+    results: dict[str, list[dict]] = {m: [] for m in methods}
+    total, done = len(methods) * len(seeds), 0
+    for seed in seeds:
+        data = load_dataset(preset.dataset, root, seed=seed)
+        order = named_order(preset.order.format(seed=seed), data.num_classes)
+        protocol = Protocol(preset.base_classes, preset.increment, order)
+        for m in methods:
+            run_dir = out / "runs" / m / f"seed{seed}"
+            cached = run_dir / "results.json"
+            if cached.is_file():
+                result = json.loads(cached.read_text())
+            else:
+                cfg = replace(config, seed=seed,
+                              augment=data.default_augment if config.augment == "auto"
+                              else config.augment)
+                result = run_protocol(data, protocol, m, cfg, run_dir, arch=preset.arch,
+                                      log=lambda s: None)
+            results[m].append(result)
+            done += 1
+            log(f"[{done}/{total}] {m} seed {seed}: final top-1 "
+                f"{100 * result['steps'][-1]['top1']:.1f}, average incremental "
+                f"{100 * result['average_incremental_accuracy']:.1f}")
+    return results
+
+
+def _mean_std(values: list[float | None]) -> str:
+    values = [v for v in values if v is not None]
+    if not values:
+        return "-"
+    mean = 100 * statistics.fmean(values)
+    std = 100 * statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{mean:.1f} ± {std:.1f}"
+
+
+def _bytes(result: dict) -> str:
+    mem = result["memory"]
+    if "bundle_bytes" in mem:
+        return f"bundle {mem['bundle_bytes'] / 1e6:.2f} MB"
+    kept = mem.get("snapshot_bytes", 0) + mem.get("exemplar_bytes", 0)
+    return f"{kept / 1e6:.2f} MB kept" if kept else "-"
+
+
+def write_report(results: dict[str, list[dict]], preset_name: str, preset: Preset,
+                 command: str, out: Path) -> Path:
+    from .plots import plot_confusions, plot_curves
+
+    lines = [f"# m2kd bench: {preset_name}", "", "Command:", "", f"    {command}", "",
+             f"Dataset {preset.dataset}, {preset.base_classes} base classes + "
+             f"{preset.increment} per step, order `{preset.order}`, metric top-1 on all "
+             "classes seen so far. Mean ± std over seeds "
+             f"({len(next(iter(results.values())))} seeds; the seed sets the class order "
+             "and the initialisation).", "",
+             "| method | final top-1 | avg. incremental | forgetting | final old | final new "
+             "| memory beside the model | reads old data |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for m, runs in results.items():
+        spec = method_spec(m)
+        lines.append(
+            f"| {m} | {_mean_std([r['steps'][-1]['top1'] for r in runs])} "
+            f"| {_mean_std([r['average_incremental_accuracy'] for r in runs])} "
+            f"| {_mean_std([r['forgetting'] for r in runs])} "
+            f"| {_mean_std([r['steps'][-1]['old'] for r in runs])} "
+            f"| {_mean_std([r['steps'][-1]['new'] for r in runs])} "
+            f"| {_bytes(runs[0])} | {'yes' if spec.factory().reads_old_data else 'no'} |")
+    n_steps = len(next(iter(results.values()))[0]["steps"])
+    lines += ["", "Top-1 after each step:", "",
+              "| method | " + " | ".join(f"step {k}" for k in range(1, n_steps + 1)) + " |",
+              "| --- |" + " --- |" * n_steps]
+    for m, runs in results.items():
+        cells = [_mean_std([r["steps"][k]["top1"] for r in runs]) for k in range(n_steps)]
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    lines += ["", "Methods:", ""] + [f"- `{m}`: {method_spec(m).summary}" for m in results]
+    lines += ["", "![accuracy per step](accuracy_per_step.png)", "",
+              "![confusion matrices, first seed](confusion_matrices.png)", ""]
+    plot_curves(results, out / "accuracy_per_step.png")
+    plot_confusions(results, out / "confusion_matrices.png")
+    path = out / "report.md"
+    path.write_text("\n".join(lines))
+    return path
