@@ -32,12 +32,18 @@ class M2KDConfig:
     teachers: str = "all"  # "all" (Eq. 2) or "last" (LwF-MC, Eq. 1)
     skip: int = 0  # Section 4.4 "skip1"/"skip2": first models replaced by the next one
     auxiliary: bool = True  # L_AD on or off
+    # Remedies for over-confident teachers (not in the paper; defaults keep Eq. 2-3):
+    # targets = target_scale * sigmoid(teacher_logit / temperature).
+    temperature: float = 1.0
+    target_scale: float = 1.0
 
     def validate(self) -> None:
         if self.teachers not in ("all", "last"):
             raise ConfigError(f"teachers must be 'all' or 'last', got {self.teachers!r}")
         if self.alpha < 0 or self.lam < 0 or self.skip < 0:
             raise ConfigError("alpha, lambda and skip must be >= 0")
+        if self.temperature <= 0 or not 0 < self.target_scale <= 1:
+            raise ConfigError("temperature must be > 0 and target_scale in (0, 1]")
 
 
 class M2KD:
@@ -60,9 +66,11 @@ class M2KD:
                                      cfg.skip)
         if ctx.config.teacher_mode == "cache":
             ctx.state["teachers"] = TeacherCache.build(
-                ctx.teacher_model, assignment, ctx.data.images, ctx.config.n_views, ctx.device)
+                ctx.teacher_model, assignment, ctx.data.images, ctx.config.n_views, ctx.device,
+                temperature=cfg.temperature, scale=cfg.target_scale)
         else:
-            ctx.state["teachers"] = LiveTeachers(ctx.teacher_model, assignment)
+            ctx.state["teachers"] = LiveTeachers(ctx.teacher_model, assignment,
+                                                 cfg.temperature, cfg.target_scale)
 
     def loss(self, ctx: StepContext, out: BackboneOutput, batch: Batch
              ) -> dict[str, torch.Tensor]:

@@ -63,8 +63,10 @@ class TeacherCache:
     @torch.no_grad()
     def build(cls, model_for: Callable[[int], nn.Module], assignment: list[int],
               images: torch.Tensor, n_views: int, device: torch.device,
-              batch_size: int = 256) -> TeacherCache:
-        """`model_for(j)` gives the frozen model of step j on `device`."""
+              batch_size: int = 256, temperature: float = 1.0, scale: float = 1.0
+              ) -> TeacherCache:
+        """`model_for(j)` gives the frozen model of step j on `device`; scores are
+        `scale * sigmoid(logit / temperature)` (1 and 1: the paper's)."""
         n, n_old = images.shape[0], len(assignment)
         main = torch.zeros(n_views, n, n_old, device=device)
         aux = torch.zeros_like(main)
@@ -75,8 +77,10 @@ class TeacherCache:
                     x = images[start:start + batch_size].to(device)
                     view = torch.full((x.shape[0],), v, device=device)
                     out = teacher(apply_view(x, view))
-                    main[v, start:start + x.shape[0], cols] = torch.sigmoid(out.logits[:, cols])
-                    aux[v, start:start + x.shape[0], cols] = torch.sigmoid(out.aux_logits[:, cols])
+                    rows = slice(start, start + x.shape[0])
+                    t = temperature
+                    main[v, rows, cols] = scale * torch.sigmoid(out.logits[:, cols] / t)
+                    aux[v, rows, cols] = scale * torch.sigmoid(out.aux_logits[:, cols] / t)
             del teacher
         return cls(main, aux)
 
@@ -87,10 +91,12 @@ class TeacherCache:
 class LiveTeachers:
     """Runs every teacher on every batch (the cost the cache avoids)."""
 
-    def __init__(self, model_for: Callable[[int], nn.Module], assignment: list[int]):
+    def __init__(self, model_for: Callable[[int], nn.Module], assignment: list[int],
+                 temperature: float = 1.0, scale: float = 1.0):
         self.groups = _columns_by_teacher(assignment)
         self.models = {t: model_for(t) for t in self.groups}
         self.n_old = len(assignment)
+        self.temperature, self.scale = temperature, scale
 
     @torch.no_grad()
     def targets(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -99,6 +105,6 @@ class LiveTeachers:
         aux = torch.zeros_like(main)
         for teacher_step, cols in self.groups.items():
             out = self.models[teacher_step](batch.images)
-            main[:, cols] = torch.sigmoid(out.logits[:, cols])
-            aux[:, cols] = torch.sigmoid(out.aux_logits[:, cols])
+            main[:, cols] = self.scale * torch.sigmoid(out.logits[:, cols] / self.temperature)
+            aux[:, cols] = self.scale * torch.sigmoid(out.aux_logits[:, cols] / self.temperature)
         return main, aux

@@ -51,6 +51,14 @@ METHODS: dict[str, MethodSpec] = {
     "m2kd_skip2": MethodSpec(_m2kd("m2kd_skip2", skip=2), DEFAULT,
                              "M2KD without the first two models (Sec. 4.4)"),
 }
+# Remedies for over-confident teachers (documented options; `m2kd` stays the paper's form).
+METHODS["m2kd_t2"] = MethodSpec(_m2kd("m2kd_t2", temperature=2.0), DEFAULT,
+                                "M2KD, teacher logits / 2 before the sigmoid")
+METHODS["m2kd_s05"] = MethodSpec(_m2kd("m2kd_s05", target_scale=0.5), DEFAULT,
+                                 "M2KD, teacher scores x 0.5 (discounted old-class claims)")
+METHODS["lwf_mc_s05"] = MethodSpec(_m2kd("lwf_mc_s05", teachers="last", auxiliary=False,
+                                         target_scale=0.5), None,
+                                   "LwF-MC, teacher scores x 0.5")
 for _ratio in (0.6, 0.7, 0.8, 0.9):  # Table 1's pruning-ratio sweep
     METHODS[f"m2kd_p{int(_ratio * 100)}"] = MethodSpec(
         _m2kd(f"m2kd_p{int(_ratio * 100)}"), _ratio, f"M2KD with pruning ratio {_ratio}")
