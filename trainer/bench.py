@@ -42,7 +42,8 @@ def run_grid(preset: Preset, methods: list[str], seeds: list[int], out: Path,
                               augment=data.default_augment if config.augment == "auto"
                               else config.augment)
                 result = run_protocol(data, protocol, m, cfg, run_dir, arch=preset.arch,
-                                      log=lambda s: None)
+                                      log=lambda s: None,
+                                      exemplars_per_class=preset.exemplars_per_class)
             results[m].append(result)
             done += 1
             log(f"[{done}/{total}] {m} seed {seed}: final top-1 "

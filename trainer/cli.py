@@ -39,6 +39,8 @@ _DEFAULTS = StepConfig()
               help="Share of the free weights zeroed after each step.")
 @click.option("--augment", type=click.Choice(["auto", "flip", "none"]), default="auto",
               show_default=True, help="auto: flip for natural images, none for digits.")
+@click.option("--exemplars-per-class", default=20, show_default=True,
+              type=click.IntRange(min=1), help="Memory of exemplar methods (icarl, ...).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("runs/last"),
@@ -46,7 +48,8 @@ _DEFAULTS = StepConfig()
 @click.option("--progress/--no-progress", default=True, show_default=True)
 def train(dataset, root, image_size, arch, method, order_seed, base_classes, increment, max_steps,
           epochs,
-          finetune_epochs, lr, batch_size, prune_ratio, augment, device, seed, out, progress):
+          finetune_epochs, lr, batch_size, prune_ratio, augment, exemplars_per_class, device, seed,
+          out, progress):
     """Train step by step on a dataset and write the bundle and results.json."""
     from m2kd.runtime.devices import resolve_device
 
@@ -70,7 +73,8 @@ def train(dataset, root, image_size, arch, method, order_seed, base_classes, inc
                f"{len(data.test_labels)} test images, {len(protocol.steps())} steps, "
                f"method {method}, device {resolve_device(device)}")
     click.echo(TABLE_HEADER)
-    results = run_protocol(data, protocol, method, config, out, arch=arch, log=click.echo)
+    results = run_protocol(data, protocol, method, config, out, arch=arch, log=click.echo,
+                           exemplars_per_class=exemplars_per_class)
     click.echo(f"average incremental accuracy {100 * results['average_incremental_accuracy']:.1f}"
                f"  final top-1 {100 * results['steps'][-1]['top1']:.1f}")
     if results["bundle"]:

@@ -25,6 +25,16 @@ class MethodSpec:
     factory: Callable[[], object]
     prune_ratio: float | None | str = DEFAULT  # None: no packing; DEFAULT: the run's ratio
     summary: str = ""
+    exemplars: bool = False  # keeps old images (herding) and classifies by nearest mean
+
+
+def _exemplar(method: Callable[[], M2KD]) -> Callable[[], M2KD]:
+    """The same loss, but the step's data includes the stored exemplars of old classes."""
+    def build():
+        m = method()
+        m.reads_old_data = True
+        return m
+    return build
 
 
 def _m2kd(name: str, **config) -> Callable[[], M2KD]:
@@ -51,6 +61,13 @@ METHODS: dict[str, MethodSpec] = {
     "m2kd_skip2": MethodSpec(_m2kd("m2kd_skip2", skip=2), DEFAULT,
                              "M2KD without the first two models (Sec. 4.4)"),
 }
+# Exemplar-based, for comparison only: these READ STORED OLD IMAGES.
+METHODS["icarl"] = MethodSpec(_exemplar(_m2kd("icarl", teachers="last", auxiliary=False)),
+                              None, "iCaRL: LwF-MC on new data + herded exemplars, "
+                                    "nearest-mean-of-exemplars (reads old images)", True)
+METHODS["icarl_m2kd"] = MethodSpec(_exemplar(_m2kd("icarl_m2kd")), DEFAULT,
+                                   "iCaRL with M2KD's distillation and pruning (Sec. 4.6; "
+                                   "reads old images)", True)
 # Remedies for over-confident teachers (documented options; `m2kd` stays the paper's form).
 METHODS["m2kd_t2"] = MethodSpec(_m2kd("m2kd_t2", temperature=2.0), DEFAULT,
                                 "M2KD, teacher logits / 2 before the sigmoid")

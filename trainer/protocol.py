@@ -23,6 +23,7 @@ from m2kd.runtime.errors import ConfigError
 from m2kd.runtime.reconstruct import model_of_step
 
 from .datasets import Dataset
+from .exemplars import ExemplarMemory
 from .methods import DEFAULT, method_spec
 from .metrics import average_incremental_accuracy, forgetting, predict_logits, step_metrics
 
@@ -60,9 +61,16 @@ def config_for(method_name: str, config: StepConfig) -> StepConfig:
     return config if ratio == DEFAULT else replace(config, prune_ratio=ratio)
 
 
+def _with_exemplars(data: StepData, memory: ExemplarMemory | None) -> StepData:
+    if memory is None or not memory.images:
+        return data
+    x, y = memory.data()
+    return StepData(torch.cat([data.images, x]), torch.cat([data.labels, y]))
+
+
 def run_protocol(dataset: Dataset, protocol: Protocol, method_name: str, config: StepConfig,
                  out_dir: str | Path, arch: str | None = None,
-                 log: Callable[[str], None] = print) -> dict:
+                 log: Callable[[str], None] = print, exemplars_per_class: int = 20) -> dict:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     arch = arch or dataset.default_arch
@@ -70,20 +78,29 @@ def run_protocol(dataset: Dataset, protocol: Protocol, method_name: str, config:
     packing = config.prune_ratio is not None
     head_index = {c: i for i, c in enumerate(protocol.order)}
     device = resolve_device(config.device)
+    spec = method_spec(method_name)
+    memory = ExemplarMemory(per_class=exemplars_per_class) if spec.exemplars else None
     bundle, rows, seen, snapshots = None, [], [], []
     for k, classes in enumerate(protocol.steps(), start=1):
-        method = method_spec(method_name).factory()
+        method = spec.factory()
         seen = seen + classes
-        data = step_data(dataset.train_images, dataset.train_labels,
-                         seen if method.reads_old_data else classes, head_index)
+        joint = method.reads_old_data and memory is None
+        data = _with_exemplars(step_data(dataset.train_images, dataset.train_labels,
+                                         seen if joint else classes, head_index), memory)
         names = [dataset.class_names[c] for c in classes]
         bundle, report = run_step(bundle, data, names, method, config, arch=arch,
                                   input_spec=dataset.input_spec,
                                   snapshots=None if packing else snapshots)
         if not packing:
             snapshots.append(bundle)  # the model after step k, teacher of later steps
+        model = model_of_step(bundle, k, device)
+        if memory is not None:
+            new = step_data(dataset.train_images, dataset.train_labels, classes, head_index)
+            memory.update(model, new.images, new.labels, [head_index[c] for c in classes],
+                          device)
         test = step_data(dataset.test_images, dataset.test_labels, seen, head_index)
-        logits = predict_logits(model_of_step(bundle, k, device), test.images, device)
+        logits = (memory.nme_scores(model, test.images, len(seen), device) if memory
+                  else predict_logits(model, test.images, device))
         row = {"step": k, "classes": names,
                **step_metrics(logits, test.labels, bundle.step_of_class()),
                "train": report.to_dict()}
@@ -96,6 +113,9 @@ def run_protocol(dataset: Dataset, protocol: Protocol, method_name: str, config:
     results = summarise(dataset, protocol, method_name, arch, config, rows, bundle_path)
     results["confusion_matrix"] = confusion
     results["memory"] = memory_report(bundle, bundle_path, method_name, packing)
+    if memory is not None:
+        results["memory"]["exemplar_bytes"] = memory.stored_bytes()
+        results["classifier"] = "nearest mean of exemplars"
     atomic_write_text(out_dir / "results.json", json.dumps(results, indent=2))
     return results
 
@@ -115,7 +135,8 @@ def memory_report(bundle, bundle_path, method_name: str, packing: bool) -> dict:
     else:
         teachers = {"ft": 0, "joint": 0}.get(method_name, None)
         if teachers is None:
-            teachers = 1 if method_name in ("lwf_mc", "lwf_mc_aux", "lwm") else bundle.num_steps
+            last_only = ("lwf_mc", "lwf_mc_aux", "lwf_mc_s05", "lwm", "icarl")
+            teachers = 1 if method_name in last_only else bundle.num_steps
         kept = {"teacher_models_kept": teachers, "snapshot_bytes": teachers * per_model}
     return {"model_bytes": per_model, "every_snapshot_bytes": snapshot_bytes(bundle),
             "exemplar_bytes": 0, **kept}
