@@ -21,6 +21,7 @@ COMMANDS = {
     "predict": "m2kd.runtime.commands:predict",
     "add-classes": "m2kd.runtime.add_classes_command:add_classes_command",
     "export": "m2kd.export.cli:export",
+    "serve": "m2kd.runtime.serve_command:serve",
 }
 
 

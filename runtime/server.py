@@ -1,0 +1,242 @@
+"""`m2kd serve`: an HTTP inference server (FastAPI on uvicorn).
+
+Routes: POST /v1/predict, GET /v1/model, POST /v1/reload, GET /healthz,
+GET /readyz, GET /metrics. Errors are JSON `{"error": {"code", "message"}}` with
+a 4xx status; the server keeps running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import hmac
+import io
+import json
+import time
+from dataclasses import dataclass
+
+import torch
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, PlainTextResponse
+
+from .batching import MicroBatcher
+from .errors import M2KDError
+from .images import pil_to_pixels
+from .model_holder import ModelHolder, watch_interval
+from .prometheus import ServerMetrics
+
+
+@dataclass
+class ServeSettings:
+    max_batch: int = 32
+    max_wait_ms: float = 5.0
+    max_images: int = 64
+    max_body_mb: float = 20.0
+    token: str | None = None
+    watch: bool = True
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str):
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+def _error(status: int, code: str, message: str) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
+
+
+def decode_image(data: bytes, name: str, spec) -> torch.Tensor:
+    from PIL import Image, UnidentifiedImageError
+
+    if not data:
+        raise ApiError(400, "empty_image", f"{name}: empty")
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()
+            return pil_to_pixels(image, spec)
+    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError):
+        raise ApiError(400, "bad_image", f"{name}: not a readable image") from None
+
+
+async def _read_images(request: Request, max_bytes: int
+                       ) -> tuple[list[tuple[str, bytes]], int, int | None]:
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype == "multipart/form-data":
+        form = await request.form(max_part_size=max_bytes)
+        files = [(f.filename or key, await f.read()) for key, f in form.multi_items()
+                 if hasattr(f, "read")]
+        top_k, step = form.get("top_k", 5), form.get("step")
+    elif ctype == "application/json":
+        try:
+            body = json.loads(await request.body() or b"null")
+            encoded = body["images"]
+            files = [(f"images[{i}]", base64.b64decode(s, validate=True))
+                     for i, s in enumerate(encoded)]
+            top_k, step = body.get("top_k", 5), body.get("step")
+        except (ValueError, KeyError, TypeError, binascii.Error, AttributeError):
+            raise ApiError(400, "bad_json", 'expected {"images": [base64, ...], '
+                                            '"top_k"?: int, "step"?: int}') from None
+    else:
+        raise ApiError(415, "unsupported_media_type",
+                       "send multipart/form-data files or application/json with base64 images")
+    try:
+        top_k = int(top_k)
+        step = None if step in (None, "") else int(step)
+    except (TypeError, ValueError):
+        raise ApiError(400, "bad_parameter", "top_k and step must be integers") from None
+    if top_k < 1:
+        raise ApiError(400, "bad_parameter", "top_k must be >= 1")
+    return files, top_k, step
+
+
+class BodyLimit:
+    """Pure ASGI middleware: 413 for bodies over the limit, declared or streamed."""
+
+    class TooLarge(Exception):
+        pass
+
+    def __init__(self, app, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared and declared.isdigit() and int(declared) > self.max_bytes:
+            return await self._reject(scope, receive, send)
+        seen = 0
+
+        async def limited():
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.max_bytes:
+                raise BodyLimit.TooLarge
+            return message
+
+        try:
+            await self.app(scope, limited, send)
+        except BodyLimit.TooLarge:
+            await self._reject(scope, receive, send)
+
+    async def _reject(self, scope, receive, send):
+        mb = self.max_bytes / 2**20
+        response = _error(413, "body_too_large", f"request body is over {mb:g} MB")
+        await response(scope, receive, send)
+
+
+def create_app(holder: ModelHolder, settings: ServeSettings,
+               metrics: ServerMetrics | None = None) -> FastAPI:
+    metrics = metrics or holder.metrics or ServerMetrics()
+    batcher = MicroBatcher(holder, metrics, settings.max_batch, settings.max_wait_ms)
+    state = {"ready": False}
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        batcher.start()
+        watcher = asyncio.get_running_loop().create_task(_watch()) if settings.watch else None
+        state["ready"] = True
+        yield
+        state["ready"] = False
+        if watcher:
+            watcher.cancel()
+        await batcher.stop()
+
+    async def _watch():
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(watch_interval())
+            if holder.changed():
+                await loop.run_in_executor(None, holder.reload)
+
+    app = FastAPI(title="m2kd", description="Class-incremental image classifier.",
+                  lifespan=lifespan)
+
+    @app.middleware("http")
+    async def observe(request: Request, call_next):
+        started = time.perf_counter()
+        public = request.url.path in ("/healthz", "/readyz")
+        if settings.token and not public:
+            sent = request.headers.get("authorization", "")
+            if not hmac.compare_digest(sent.encode(), f"Bearer {settings.token}".encode()):
+                response = _error(401, "unauthorized", "missing or wrong bearer token")
+                metrics.requests.inc(route=request.url.path, status="401")
+                return response
+        try:
+            response = await call_next(request)
+        except ApiError as e:
+            response = _error(e.status, e.code, e.message)
+        metrics.requests.inc(route=request.url.path, status=str(response.status_code))
+        metrics.latency.observe(time.perf_counter() - started)
+        return response
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, e: ApiError):
+        return _error(e.status, e.code, e.message)
+
+    @app.post("/v1/predict", openapi_extra={"requestBody": {"content": {
+        "multipart/form-data": {"schema": {"type": "object", "properties": {
+            "files": {"type": "array", "items": {"type": "string", "format": "binary"}},
+            "top_k": {"type": "integer"}, "step": {"type": "integer"}}}},
+        "application/json": {"schema": {"type": "object", "required": ["images"],
+                                        "properties": {
+            "images": {"type": "array", "items": {"type": "string", "format": "byte"}},
+            "top_k": {"type": "integer"}, "step": {"type": "integer"}}}}}}})
+    async def predict(request: Request):
+        """Top-k classes for one or many images (multipart files or base64 JSON)."""
+        files, top_k, step = await _read_images(request, int(settings.max_body_mb * 2**20))
+        if not files:
+            raise ApiError(400, "no_images", "the request holds no images")
+        if len(files) > settings.max_images:
+            raise ApiError(413, "too_many_images",
+                           f"{len(files)} images; at most {settings.max_images} per request")
+        spec = holder.current.spec
+        loop = asyncio.get_running_loop()
+        pixels = await loop.run_in_executor(
+            None, lambda: torch.stack([decode_image(d, n, spec) for n, d in files]))
+        try:
+            predictions, model = await batcher.submit(pixels, top_k, step)
+        except M2KDError as e:
+            raise ApiError(400, "bad_request", str(e)) from None
+        return {"predictions": [{"image": name, **p.to_dict()}
+                                for (name, _), p in zip(files, predictions)],
+                "step": step or model.steps, "checksum": model.checksum,
+                "backend": model.backend}
+
+    @app.get("/v1/model")
+    async def model_info():
+        """What is being served, and the last reload failure if any."""
+        m = holder.current
+        return {"steps": m.steps, "classes": m.classes, "checksum": m.checksum,
+                "backend": m.backend, "device": m.device, "path": str(holder.path),
+                "last_reload_error": holder.last_reload_error,
+                "last_reload_at": holder.last_reload_at}
+
+    @app.post("/v1/reload")
+    async def reload():
+        """Load and verify the file now; the old model keeps serving if it fails."""
+        ok = await asyncio.get_running_loop().run_in_executor(None, holder.reload)
+        if not ok:
+            raise ApiError(409, "reload_failed", holder.last_reload_error or "reload failed")
+        return {"reloaded": True, "checksum": holder.current.checksum,
+                "steps": holder.current.steps}
+
+    @app.get("/healthz")
+    async def healthz():
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    async def readyz():
+        if not state["ready"]:
+            return _error(503, "not_ready", "starting or stopping")
+        return {"status": "ready", "checksum": holder.current.checksum}
+
+    @app.get("/metrics", response_class=PlainTextResponse)
+    async def prometheus():
+        return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4")
+
+    app.add_middleware(BodyLimit, max_bytes=int(settings.max_body_mb * 2**20))
+    return app
