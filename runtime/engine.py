@@ -12,6 +12,7 @@ BatchNorm and heads start from the previous step's and are stored per step.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import resource
 import time
@@ -52,6 +53,9 @@ class StepConfig:
     augment: str = "flip"  # "flip" or "none"; both are finite, so teachers are cached
     teacher_mode: str = "cache"  # "cache" (once per step) or "live" (per batch)
     device: str = "auto"
+    # bf16 autocast of the forward pass and losses on CUDA ("auto": when the GPU supports
+    # bf16); no loss scaling is needed with bf16. Teachers, pruning, probes stay fp32.
+    amp: str = "auto"
     seed: int = 0
     progress: bool = True
 
@@ -62,6 +66,8 @@ class StepConfig:
             raise ConfigError(f"pruning ratio must be in [0, 1), got {self.prune_ratio}")
         if self.augment not in ("flip", "none"):  # "auto" is resolved by the caller
             raise ConfigError(f"augment must be 'flip' or 'none', got {self.augment!r}")
+        if self.amp not in ("auto", "off"):
+            raise ConfigError(f"amp must be 'auto' or 'off', got {self.amp!r}")
         if self.teacher_mode not in ("cache", "live"):
             raise ConfigError(f"teacher_mode must be 'cache' or 'live', got {self.teacher_mode!r}")
 
@@ -242,7 +248,8 @@ def _train_phase(ctx: StepContext, method: Method, masks: dict[str, torch.Tensor
         sums: dict[str, float] = {}
         batches = 0
         for batch in _batches(ctx, generator):
-            parts = method.loss(ctx, model(batch.images), batch)
+            with _autocast(ctx):
+                parts = method.loss(ctx, model(batch.images), batch)
             optimizer.zero_grad(set_to_none=True)
             parts["loss"].backward()
             _mask_gradients(params, grad_masks, wd)
@@ -254,6 +261,13 @@ def _train_phase(ctx: StepContext, method: Method, masks: dict[str, torch.Tensor
         history.append({k: v / batches for k, v in sums.items()})
         bar.set_postfix(loss=f"{history[-1]['loss']:.4f}")
     return history
+
+
+def _autocast(ctx: StepContext):
+    on = (ctx.config.amp == "auto" and ctx.device.type == "cuda"
+          and torch.cuda.is_bf16_supported())
+    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=on) if on \
+        else contextlib.nullcontext()
 
 
 def _batches(ctx: StepContext, generator: torch.Generator):
