@@ -16,6 +16,7 @@ from m2kd.runtime.m2kd import M2KD, M2KDConfig
 
 from .baselines import FineTune, Joint
 from .lwm import LwM
+from .podnet import PODNet
 
 DEFAULT = "default"
 
@@ -25,7 +26,8 @@ class MethodSpec:
     factory: Callable[[], object]
     prune_ratio: float | None | str = DEFAULT  # None: no packing; DEFAULT: the run's ratio
     summary: str = ""
-    exemplars: bool = False  # keeps old images (herding) and classifies by nearest mean
+    exemplars: bool = False  # keeps old images (herding)
+    nme: bool = False  # classifies by the nearest mean of exemplars
 
 
 def _exemplar(method: Callable[[], M2KD]) -> Callable[[], M2KD]:
@@ -64,10 +66,18 @@ METHODS: dict[str, MethodSpec] = {
 # Exemplar-based, for comparison only: these READ STORED OLD IMAGES.
 METHODS["icarl"] = MethodSpec(_exemplar(_m2kd("icarl", teachers="last", auxiliary=False)),
                               None, "iCaRL: LwF-MC on new data + herded exemplars, "
-                                    "nearest-mean-of-exemplars (reads old images)", True)
+                                    "nearest-mean-of-exemplars (reads old images)", True, True)
 METHODS["icarl_m2kd"] = MethodSpec(_exemplar(_m2kd("icarl_m2kd")), DEFAULT,
                                    "iCaRL with M2KD's distillation and pruning (Sec. 4.6; "
-                                   "reads old images)", True)
+                                   "reads old images)", True, True)
+METHODS["podnet"] = MethodSpec(lambda: PODNet(reads_old_data=True), None,
+                               "PODNet: POD-spatial/flat + LSC/NCA, 20 exemplars per class, "
+                               "CNN inference (reads old images)", True)
+METHODS["podnet_nme"] = MethodSpec(lambda: PODNet(reads_old_data=True, name="podnet_nme"),
+                                   None, "PODNet with nearest-mean-of-exemplars inference "
+                                         "(reads old images)", True, True)
+METHODS["podnet_free"] = MethodSpec(lambda: PODNet(name="podnet_free"), None,
+                                    "PODNet exemplar-free, CNN inference")
 # Remedies for over-confident teachers (documented options; `m2kd` stays the paper's form).
 METHODS["m2kd_t2"] = MethodSpec(_m2kd("m2kd_t2", temperature=2.0), DEFAULT,
                                 "M2KD, teacher logits / 2 before the sigmoid")

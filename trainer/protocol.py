@@ -81,8 +81,8 @@ def run_protocol(dataset: Dataset, protocol: Protocol, method_name: str, config:
     spec = method_spec(method_name)
     memory = ExemplarMemory(per_class=exemplars_per_class) if spec.exemplars else None
     bundle, rows, seen, snapshots = None, [], [], []
+    method = spec.factory()  # one object per run: PODNet keeps its classifier across steps
     for k, classes in enumerate(protocol.steps(), start=1):
-        method = spec.factory()
         seen = seen + classes
         joint = method.reads_old_data and memory is None
         data = _with_exemplars(step_data(dataset.train_images, dataset.train_labels,
@@ -99,8 +99,12 @@ def run_protocol(dataset: Dataset, protocol: Protocol, method_name: str, config:
             memory.update(model, new.images, new.labels, [head_index[c] for c in classes],
                           device)
         test = step_data(dataset.test_images, dataset.test_labels, seen, head_index)
-        logits = (memory.nme_scores(model, test.images, len(seen), device) if memory
-                  else predict_logits(model, test.images, device))
+        if spec.nme:
+            logits = memory.nme_scores(model, test.images, len(seen), device)
+        elif hasattr(method, "scores"):
+            logits = method.scores(model, test.images, device)
+        else:
+            logits = predict_logits(model, test.images, device)
         row = {"step": k, "classes": names,
                **step_metrics(logits, test.labels, bundle.step_of_class()),
                "train": report.to_dict()}
@@ -115,6 +119,7 @@ def run_protocol(dataset: Dataset, protocol: Protocol, method_name: str, config:
     results["memory"] = memory_report(bundle, bundle_path, method_name, packing)
     if memory is not None:
         results["memory"]["exemplar_bytes"] = memory.stored_bytes()
+    if spec.nme:
         results["classifier"] = "nearest mean of exemplars"
     atomic_write_text(out_dir / "results.json", json.dumps(results, indent=2))
     return results
@@ -135,7 +140,8 @@ def memory_report(bundle, bundle_path, method_name: str, packing: bool) -> dict:
     else:
         teachers = {"ft": 0, "joint": 0}.get(method_name, None)
         if teachers is None:
-            last_only = ("lwf_mc", "lwf_mc_aux", "lwf_mc_s05", "lwm", "icarl")
+            last_only = ("lwf_mc", "lwf_mc_aux", "lwf_mc_s05", "lwm", "icarl", "podnet",
+                         "podnet_nme", "podnet_free")
             teachers = 1 if method_name in last_only else bundle.num_steps
         kept = {"teacher_models_kept": teachers, "snapshot_bytes": teachers * per_model}
     return {"model_bytes": per_model, "every_snapshot_bytes": snapshot_bytes(bundle),
