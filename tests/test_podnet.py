@@ -12,10 +12,10 @@ from m2kd.trainer.podnet import (LocalSimilarityClassifier, kmeans, nca_loss, po
 
 
 def test_nca_loss_is_eq10_and_the_margin_matters():
-    scores = torch.tensor([[0.5, 0.2, -0.1]])
+    scores = torch.tensor([[0.1, 0.4, -0.1]])  # the true class 0 is not the best: no clipping
     labels = torch.tensor([0])
     eta = torch.tensor(2.0)
-    expected = -(2.0 * (0.5 - 0.1) - math.log(math.exp(0.4) + math.exp(-0.2)))
+    expected = -(2.0 * (0.1 - 0.1) - math.log(math.exp(0.8) + math.exp(-0.2)))
     assert nca_loss(scores, labels, eta, 0.1).item() == pytest.approx(expected, rel=1e-6)
     without = nca_loss(scores, labels, eta, 0.0).item()
     with_margin = nca_loss(scores, labels, eta, 0.6).item()
