@@ -23,7 +23,9 @@ from .protocol import Protocol, run_protocol
 
 def run_grid(preset: Preset, methods: list[str], seeds: list[int], out: Path,
              config: StepConfig, root: str | None = None,
-             log: Callable[[str], None] = print) -> dict[str, list[dict]]:
+             log: Callable[[str], None] = print, cached_only: bool = False
+             ) -> dict[str, list[dict]]:
+    """Results per method, one per seed; with `cached_only`, runs not on disk are skipped."""
     for m in methods:
         method_spec(m)  # fail on a bad name before any work
     results: dict[str, list[dict]] = {m: [] for m in methods}
@@ -37,6 +39,8 @@ def run_grid(preset: Preset, methods: list[str], seeds: list[int], out: Path,
             cached = run_dir / "results.json"
             if cached.is_file():
                 result = json.loads(cached.read_text())
+            elif cached_only:
+                continue
             else:
                 cfg = replace(config, seed=seed,
                               augment=data.default_augment if config.augment == "auto"
@@ -73,12 +77,15 @@ def write_report(results: dict[str, list[dict]], preset_name: str, preset: Prese
                  command: str, out: Path) -> Path:
     from .plots import plot_confusions, plot_curves
 
+    missing = [m for m, runs in results.items() if not runs]
+    results = {m: runs for m, runs in results.items() if runs}
     lines = [f"# m2kd bench: {preset_name}", "", "Command:", "", f"    {command}", "",
              f"Dataset {preset.dataset}, {preset.base_classes} base classes + "
              f"{preset.increment} per step, order `{preset.order}`, metric top-1 on all "
              "classes seen so far. Mean ± std over seeds "
-             f"({len(next(iter(results.values())))} seeds; the seed sets the class order "
-             "and the initialisation).", "",
+             f"({', '.join(str(len(r)) for r in results.values())} seeds per method; the "
+             "seed sets the class order and the initialisation).", "",
+             *([f"Not run (no results yet): {', '.join(missing)}.", ""] if missing else []),
              "| method | final top-1 | avg. incremental | forgetting | final old | final new "
              "| memory beside the model | reads old data |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]

@@ -117,7 +117,9 @@ def samples(dataset, out, per_class, classes, split, flat, seed):
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="Override the lr.")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True)
-def bench(preset, methods, seeds, root, epochs, lr, device, out):
+@click.option("--cached-only", is_flag=True,
+              help="Only report runs already in OUT; run nothing new.")
+def bench(preset, methods, seeds, root, epochs, lr, device, out, cached_only):
     """Run methods x seeds on a preset; write report.md (mean ± std) and plots."""
     import shlex
     import sys
@@ -139,7 +141,7 @@ def bench(preset, methods, seeds, root, epochs, lr, device, out):
                         device=device, progress=False)
     out.mkdir(parents=True, exist_ok=True)
     results = run_grid(p, names, seed_list, out, config, str(root) if root else None,
-                       log=click.echo)
+                       log=click.echo, cached_only=cached_only)
     command = "m2kd " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     report = write_report(results, preset, p, command, out)
     click.echo(f"wrote {report}")
