@@ -21,6 +21,13 @@ class Prediction:
 
 
 @torch.no_grad()
+def run_in_batches(fn, images: torch.Tensor, device, batch_size: int = 512) -> torch.Tensor:
+    """`fn` over `images` in chunks on `device`; the results concatenated on the CPU."""
+    return torch.cat([fn(images[i:i + batch_size].to(device)).cpu()
+                      for i in range(0, len(images), batch_size)])
+
+
+@torch.no_grad()
 def predict_batch(model: nn.Module, classes: list[str], images: torch.Tensor, top_k: int,
                   device: torch.device, batch_size: int = 256) -> list[Prediction]:
     model.eval()

@@ -69,3 +69,19 @@ def three_step_bundle(digits):
                              arch="resnet_small", input_spec=digits.input_spec)
         bundles.append(bundle)
     return bundles
+
+
+@pytest.fixture()
+def step_labels(monkeypatch):
+    """Records the sorted label set of every step the protocol hands to the engine."""
+    from m2kd.trainer import protocol as protocol_module
+
+    seen: list[list[int]] = []
+    real = protocol_module.run_step
+
+    def spy(previous, data, names, method, config, **kw):
+        seen.append(sorted(set(data.labels.tolist())))
+        return real(previous, data, names, method, config, **kw)
+
+    monkeypatch.setattr(protocol_module, "run_step", spy)
+    return seen

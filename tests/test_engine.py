@@ -12,7 +12,6 @@ from m2kd.runtime.errors import ConfigError, DataError
 from m2kd.runtime.m2kd import M2KD
 from m2kd.runtime.reconstruct import model_of_step
 from m2kd.runtime.teachers import Batch, LiveTeachers, TeacherCache, assign_teachers
-from m2kd.trainer import protocol as protocol_module
 from m2kd.trainer.datasets import class_order
 from m2kd.trainer.protocol import Protocol, run_protocol
 from tests.conftest import fast_config, steps_of
@@ -26,18 +25,10 @@ def test_exemplar_free_step_refuses_images_of_old_classes(three_step_bundle, dig
         run_step(three_step_bundle[-1], mixed, names, M2KD(), fast_config())
 
 
-def test_protocol_hands_each_step_only_its_new_classes(digits, tmp_path, monkeypatch):
-    seen_labels = []
-    real = protocol_module.run_step
-
-    def spy(previous, data, names, method, config, **kw):
-        seen_labels.append(sorted(set(data.labels.tolist())))
-        return real(previous, data, names, method, config, **kw)
-
-    monkeypatch.setattr(protocol_module, "run_step", spy)
+def test_protocol_hands_each_step_only_its_new_classes(digits, tmp_path, step_labels):
     run_protocol(digits, Protocol(2, 2, class_order(10, 0)[:6]), "m2kd",
                  fast_config(epochs=1), tmp_path, log=lambda s: None)
-    assert seen_labels == [[0, 1], [2, 3], [4, 5]]
+    assert step_labels == [[0, 1], [2, 3], [4, 5]]
 
 
 def test_teacher_cache_equals_per_batch_teachers(three_step_bundle, digits):

@@ -11,15 +11,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from m2kd.runtime.inference import run_in_batches
 
-@torch.no_grad()
-def features(model: nn.Module, images: torch.Tensor, device, batch_size: int = 512
-             ) -> torch.Tensor:
+
+def features(model: nn.Module, images: torch.Tensor, device) -> torch.Tensor:
     """L2-normalised pooled features (iCaRL's phi), on the CPU."""
     model.eval()
-    out = [model(images[i:i + batch_size].to(device)).features.cpu()
-           for i in range(0, len(images), batch_size)]
-    return F.normalize(torch.cat(out), dim=1)
+    return F.normalize(run_in_batches(lambda x: model(x).features, images, device), dim=1)
 
 
 def herding(feats: torch.Tensor, m: int) -> list[int]:

@@ -8,14 +8,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from m2kd.runtime.inference import run_in_batches
 
-@torch.no_grad()
-def predict_logits(model: nn.Module, images: torch.Tensor, device, batch_size: int = 512
-                   ) -> torch.Tensor:
+
+def predict_logits(model: nn.Module, images: torch.Tensor, device) -> torch.Tensor:
     model.eval()
-    out = [model(images[i:i + batch_size].to(device)).logits.cpu()
-           for i in range(0, len(images), batch_size)]
-    return torch.cat(out)
+    return run_in_batches(lambda x: model(x).logits, images, device)
 
 
 def topk_accuracy(logits: torch.Tensor, labels: torch.Tensor, k: int) -> float:

@@ -26,6 +26,7 @@ from torch import nn
 
 from m2kd.runtime.backbones import BackboneOutput
 from m2kd.runtime.engine import StepContext
+from m2kd.runtime.inference import run_in_batches
 from m2kd.runtime.teachers import Batch
 
 
@@ -129,12 +130,10 @@ class PODNet:
                                                  self.config.eta_init)
         self.lsc.to(ctx.device)
         new_classes = list(range(ctx.n_old, ctx.n_seen))
-        with torch.no_grad():
-            ctx.model.eval()
-            feats = torch.cat([ctx.model(ctx.data.images[i:i + 256].to(ctx.device)).features
-                               for i in range(0, len(ctx.data.images), 256)])
-            ctx.model.train()
-        self.lsc.imprint(feats, ctx.data.labels.to(ctx.device), new_classes)
+        ctx.model.eval()
+        feats = run_in_batches(lambda x: ctx.model(x).features, ctx.data.images, ctx.device)
+        ctx.model.train()
+        self.lsc.imprint(feats.to(ctx.device), ctx.data.labels.to(ctx.device), new_classes)
         ctx.model.lsc = self.lsc  # a submodule, so the engine's optimizer trains it
         ctx.state["teacher"] = ctx.teacher_model(ctx.step - 1) if ctx.n_old else None
 
@@ -154,10 +153,7 @@ class PODNet:
         del ctx.model.lsc
         ctx.state.pop("teacher", None)
 
-    @torch.no_grad()
     def scores(self, model: nn.Module, images: torch.Tensor, device) -> torch.Tensor:
         """CNN inference: LSC class similarities of the step's model."""
         model.eval()
-        out = [self.lsc(model(images[i:i + 512].to(device)).features).cpu()
-               for i in range(0, len(images), 512)]
-        return torch.cat(out)
+        return run_in_batches(lambda x: self.lsc(model(x).features), images, device)
