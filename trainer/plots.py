@@ -20,12 +20,16 @@ def _pyplot():
 def plot_curves(results: dict[str, list[dict]], path: Path) -> None:
     """Top-1 on all seen classes after each step, mean and std band over seeds."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for method, runs in results.items():
+    fig, ax = plt.subplots(figsize=(8, 5))
+    colours = plt.get_cmap("tab10").colors
+    for i, (method, runs) in enumerate(results.items()):
         acc = np.array([[s["top1"] * 100 for s in r["steps"]] for r in runs])
         seen = np.cumsum([len(s["classes"]) for s in runs[0]["steps"]])
-        ax.plot(seen, acc.mean(0), marker="o", label=method)
-        ax.fill_between(seen, acc.mean(0) - acc.std(0), acc.mean(0) + acc.std(0), alpha=0.15)
+        colour = colours[i % 10]  # colour and line style together tell 30 methods apart
+        ax.plot(seen, acc.mean(0), marker="o", label=method, color=colour,
+                linestyle=("-", "--", ":")[(i // 10) % 3])
+        ax.fill_between(seen, acc.mean(0) - acc.std(0), acc.mean(0) + acc.std(0), alpha=0.08,
+                        color=colour)
     ax.set_xlabel("classes seen")
     ax.set_ylabel("top-1 accuracy (%)")
     ax.set_ylim(0, 100)
