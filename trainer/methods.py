@@ -28,6 +28,7 @@ class MethodSpec:
     summary: str = ""
     exemplars: bool = False  # keeps old images (herding)
     nme: bool = False  # classifies by the nearest mean of exemplars
+    teachers: str = "all"  # earlier models a non-packing method keeps: all, last or none
 
 
 def _exemplar(method: Callable[[], M2KD]) -> Callable[[], M2KD]:
@@ -44,18 +45,21 @@ def _m2kd(name: str, **config) -> Callable[[], M2KD]:
 
 
 METHODS: dict[str, MethodSpec] = {
-    "ft": MethodSpec(FineTune, None, "fine-tuning, no distillation (lower bound)"),
+    "ft": MethodSpec(FineTune, None, "fine-tuning, no distillation (lower bound)",
+                     teachers="none"),
     "joint": MethodSpec(Joint, None, "all seen classes' data every step (upper bound; "
-                                     "reads old data)"),
+                                     "reads old data)", teachers="none"),
     "lwf_mc": MethodSpec(_m2kd("lwf_mc", teachers="last", auxiliary=False), None,
-                         "iCaRL's LwF-MC: BCE, distillation from the last model (Eq. 1)"),
-    "lwm": MethodSpec(LwM, None, "LwF-MC + Grad-CAM attention distillation (LwM Eq. 3-6)"),
+                         "iCaRL's LwF-MC: BCE, distillation from the last model (Eq. 1)",
+                         teachers="last"),
+    "lwm": MethodSpec(LwM, None, "LwF-MC + Grad-CAM attention distillation (LwM Eq. 3-6)",
+                      teachers="last"),
     "m2kd": MethodSpec(_m2kd("m2kd"), DEFAULT, "multi-model + auxiliary distillation, "
                                                "pruning (M2KD)"),
     "m2kd_noprune": MethodSpec(_m2kd("m2kd_noprune"), None,
                                "M2KD keeping every snapshot instead of pruning"),
     "lwf_mc_aux": MethodSpec(_m2kd("lwf_mc_aux", teachers="last"), None,
-                             "LwF-MC + auxiliary distillation (Sec. 4.4)"),
+                             "LwF-MC + auxiliary distillation (Sec. 4.4)", teachers="last"),
     "lwf_mc_mmd": MethodSpec(_m2kd("lwf_mc_mmd", auxiliary=False), None,
                              "multi-model distillation only (Sec. 4.4)"),
     "m2kd_skip1": MethodSpec(_m2kd("m2kd_skip1", skip=1), DEFAULT,
@@ -66,18 +70,19 @@ METHODS: dict[str, MethodSpec] = {
 # Exemplar-based, for comparison only: these READ STORED OLD IMAGES.
 METHODS["icarl"] = MethodSpec(_exemplar(_m2kd("icarl", teachers="last", auxiliary=False)),
                               None, "iCaRL: LwF-MC on new data + herded exemplars, "
-                                    "nearest-mean-of-exemplars (reads old images)", True, True)
+                                    "nearest-mean-of-exemplars (reads old images)", True, True,
+                              "last")
 METHODS["icarl_m2kd"] = MethodSpec(_exemplar(_m2kd("icarl_m2kd")), DEFAULT,
                                    "iCaRL with M2KD's distillation and pruning (Sec. 4.6; "
                                    "reads old images)", True, True)
 METHODS["podnet"] = MethodSpec(lambda: PODNet(reads_old_data=True), None,
                                "PODNet: POD-spatial/flat + LSC/NCA, 20 exemplars per class, "
-                               "CNN inference (reads old images)", True)
+                               "CNN inference (reads old images)", True, teachers="last")
 METHODS["podnet_nme"] = MethodSpec(lambda: PODNet(reads_old_data=True, name="podnet_nme"),
                                    None, "PODNet with nearest-mean-of-exemplars inference "
-                                         "(reads old images)", True, True)
+                                         "(reads old images)", True, True, "last")
 METHODS["podnet_free"] = MethodSpec(lambda: PODNet(name="podnet_free"), None,
-                                    "PODNet exemplar-free, CNN inference")
+                                    "PODNet exemplar-free, CNN inference", teachers="last")
 # Remedies for over-confident teachers (documented options; `m2kd` stays the paper's form).
 METHODS["m2kd_t2"] = MethodSpec(_m2kd("m2kd_t2", temperature=2.0), DEFAULT,
                                 "M2KD, teacher logits / 2 before the sigmoid")
@@ -85,7 +90,7 @@ METHODS["m2kd_s05"] = MethodSpec(_m2kd("m2kd_s05", target_scale=0.5), DEFAULT,
                                  "M2KD, teacher scores x 0.5 (discounted old-class claims)")
 METHODS["lwf_mc_s05"] = MethodSpec(_m2kd("lwf_mc_s05", teachers="last", auxiliary=False,
                                          target_scale=0.5), None,
-                                   "LwF-MC, teacher scores x 0.5")
+                                   "LwF-MC, teacher scores x 0.5", teachers="last")
 for _ratio in (0.6, 0.7, 0.8, 0.9):  # Table 1's pruning-ratio sweep
     METHODS[f"m2kd_p{int(_ratio * 100)}"] = MethodSpec(
         _m2kd(f"m2kd_p{int(_ratio * 100)}"), _ratio, f"M2KD with pruning ratio {_ratio}")

@@ -138,11 +138,8 @@ def memory_report(bundle, bundle_path, method_name: str, packing: bool) -> dict:
     if packing:
         kept = {"bundle_bytes": bundle_path.stat().st_size}
     else:
-        teachers = {"ft": 0, "joint": 0}.get(method_name, None)
-        if teachers is None:
-            last_only = ("lwf_mc", "lwf_mc_aux", "lwf_mc_s05", "lwm", "icarl", "podnet",
-                         "podnet_nme", "podnet_free")
-            teachers = 1 if method_name in last_only else bundle.num_steps
+        teachers = {"none": 0, "last": 1, "all": bundle.num_steps}[
+            method_spec(method_name).teachers]
         kept = {"teacher_models_kept": teachers, "snapshot_bytes": teachers * per_model}
     return {"model_bytes": per_model, "every_snapshot_bytes": snapshot_bytes(bundle),
             "exemplar_bytes": 0, **kept}
