@@ -13,7 +13,7 @@ from .engine import StepConfig, StepReport
 from .errors import BundleIntegrityError, DataError
 from .images import to_model_input
 from .inference import Prediction, predict_batch
-from .reconstruct import check_probes, model_of_step
+from .reconstruct import ProbeCheck, check_probes, model_of_step
 from .update import NewClasses, add_classes, read_new_classes, refuse_known_classes
 
 
@@ -91,9 +91,15 @@ class Runtime:
         return save_bundle(self.bundle, Path(path))
 
 
-def verify_bundle(bundle: Bundle, name: str = "bundle") -> None:
-    """Raise BundleIntegrityError naming the first step whose probe does not match."""
-    for check in check_probes(bundle):
+def verify_bundle(bundle: Bundle, name: str = "bundle") -> list[ProbeCheck]:
+    """Rebuild every step and check its probe; raise naming the first step that fails."""
+    checks = check_probes(bundle)
+    raise_on_mismatch(checks, name)
+    return checks
+
+
+def raise_on_mismatch(checks: list[ProbeCheck], name: str = "bundle") -> None:
+    for check in checks:
         if not check.ok:
             raise BundleIntegrityError(
                 f"{name}: step {check.step} does not reconstruct (probe max abs diff "

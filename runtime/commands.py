@@ -25,15 +25,16 @@ def inspect_bundle(bundle: Path, as_json: bool) -> None:
 @BUNDLE
 def verify(bundle: Path) -> None:
     """Rebuild every step and check its stored probe (exit 1 on the first mismatch)."""
-    from .api import verify_bundle
+    from .api import raise_on_mismatch
     from .bundle import load_bundle
     from .reconstruct import check_probes
 
     loaded = load_bundle(bundle)
-    for check in check_probes(loaded):
+    checks = check_probes(loaded)  # every step rebuilt once
+    for check in checks:
         click.echo(f"step {check.step}: probe max abs diff {check.max_abs_diff:.2e} "
                    f"{'ok' if check.ok else 'MISMATCH'}")
-    verify_bundle(loaded, str(bundle))
+    raise_on_mismatch(checks, str(bundle))
     click.echo(f"{bundle}: {loaded.num_steps} steps verified, checksum ok")
 
 
