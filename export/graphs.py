@@ -9,6 +9,9 @@
 
 Both output `logits` and `probabilities` (softmax). With `preprocess` the graph
 takes uint8 NHWC images of the bundle's HxW and normalises them itself.
+The logits are those of the bundle's classifier (runtime/classifier.py): the step's
+head, or FeCAM on the features of the snapshot the classifier reads, built from the
+stored class statistics (a quadratic form: MatMul, Mul, ReduceSum).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from torch import nn
 
 from m2kd.runtime.backbones import BasicBlock, ResNet
 from m2kd.runtime.bundle import Bundle
+from m2kd.runtime.classifier import build_classifier, feature_step
 from m2kd.runtime.reconstruct import model_of_step
 
 BN_EPS = 1e-5
@@ -66,14 +70,18 @@ class StepGraph(nn.Module):
     def __init__(self, bundle: Bundle, step: int, preprocess: bool = False, fp16: bool = False):
         super().__init__()
         dtype = torch.float16 if fp16 else torch.float32
-        self.model = fold_batchnorm(model_of_step(bundle, step)).to(dtype)
+        model_of_step(bundle, step)  # validates the step
+        self.model = fold_batchnorm(model_of_step(bundle, feature_step(bundle, step))).to(dtype)
+        self.classifier = build_classifier(bundle, step)  # fp32: distances need the range
         spec = bundle.input_spec
         self.pre = Preprocess(spec.mean, spec.std, dtype) if preprocess else None
         self.dtype = dtype
 
     def forward(self, x: torch.Tensor):
         x = self.pre(x) if self.pre is not None else x.to(self.dtype)
-        logits = self.model(x).logits.float()
+        out = self.model(x)
+        logits = out.logits.float() if self.classifier is None \
+            else self.classifier(out.features.float())
         return logits, torch.softmax(logits, dim=1)
 
 
@@ -105,6 +113,12 @@ class AllStepsGraph(nn.Module):
             head_b[k, :n] = rec.head["bias"]
         self.register_buffer("head_w", head_w)
         self.register_buffer("head_b", head_b)
+        # A statistics classifier scores every class of the bundle; a step's unknown
+        # classes get -inf from `class_pad`, as the head's padding does.
+        self.classifier = build_classifier(bundle, bundle.num_steps)
+        self.feature_step = None if self.classifier is None else feature_step(bundle, 1)
+        pad = torch.where(torch.isfinite(head_b), 0.0, float("-inf"))
+        self.register_buffer("class_pad", pad)
         spec = bundle.input_spec
         self.pre = Preprocess(spec.mean, spec.std) if preprocess else None
 
@@ -136,6 +150,20 @@ class AllStepsGraph(nn.Module):
     def forward(self, x: torch.Tensor, step: torch.Tensor):
         x = self.pre(x) if self.pre is not None else x
         idx = self._index(step)
+        if self.classifier is not None:  # features of a fixed snapshot; the step picks classes
+            features = self._features(x, torch.full_like(step, self.feature_step),
+                                      torch.full_like(idx, self.feature_step - 1))
+            logits = self.classifier(features) + self.class_pad.index_select(0, idx)[0]
+            valid = torch.isfinite(self.class_pad.index_select(0, idx)[0])
+            return logits, torch.softmax(logits, dim=1), valid
+        features = self._features(x, step, idx)
+        weight = self.head_w.index_select(0, idx)[0]
+        bias = self.head_b.index_select(0, idx)[0]
+        logits = features @ weight.t() + bias
+        valid = torch.isfinite(bias)
+        return logits, torch.softmax(logits, dim=1), valid
+
+    def _features(self, x: torch.Tensor, step: torch.Tensor, idx: torch.Tensor):
         t = self.template
         h = torch.relu(self._conv_bn(x, "stem.0.weight", "stem.1", t.stem[0], step, idx))
         if len(t.stem) > 3:
@@ -143,9 +171,4 @@ class AllStepsGraph(nn.Module):
         for s, stage in enumerate(t.stages):
             for b, block in enumerate(stage):
                 h = self._block(h, f"stages.{s}.{b}", block, step, idx)
-        features = h.mean(dim=(2, 3))
-        weight = self.head_w.index_select(0, idx)[0]
-        bias = self.head_b.index_select(0, idx)[0]
-        logits = features @ weight.t() + bias
-        valid = torch.isfinite(bias)
-        return logits, torch.softmax(logits, dim=1), valid
+        return h.mean(dim=(2, 3))

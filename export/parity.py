@@ -9,7 +9,7 @@ import torch
 
 from m2kd.runtime.bundle import Bundle
 from m2kd.runtime.errors import M2KDError
-from m2kd.runtime.reconstruct import model_of_step
+from m2kd.runtime.classifier import scorer_of_step
 
 FP32_TOLERANCE = 1e-4
 # fp16 graphs: logits may differ by up to 2 % of the largest logit magnitude (at least
@@ -45,13 +45,13 @@ def _session(data: bytes):
 
 def check_step_graph(bundle: Bundle, data: bytes, step: int, fp16: bool = False,
                      all_steps: bool = False) -> list[ParityResult]:
-    """Compare logits and top-1 with `model_of_step` on the probe and batches of 1 and 7."""
+    """Compare scores and top-1 with the runtime's scorer on the probe and batches of 1, 7."""
     session = _session(data)
-    torch_model = model_of_step(bundle, step)
+    torch_scorer = scorer_of_step(bundle, step)
     results = []
     for x in _inputs(bundle, step):
         with torch.no_grad():
-            expected = torch_model(x).logits.numpy()
+            expected = torch_scorer(x).numpy()
         feed = {"input": x.numpy()}
         if all_steps:
             feed["step"] = np.array([step], dtype=np.int64)

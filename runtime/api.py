@@ -13,7 +13,8 @@ from .engine import StepConfig, StepReport
 from .errors import BundleIntegrityError, DataError
 from .images import to_model_input
 from .inference import Prediction, predict_batch
-from .reconstruct import ProbeCheck, check_probes, model_of_step
+from .classifier import scorer_of_step
+from .reconstruct import ProbeCheck, check_probes
 from .update import NewClasses, add_classes, read_new_classes, refuse_known_classes
 
 
@@ -42,19 +43,20 @@ class Runtime:
     def classes(self) -> list[str]:
         return self.bundle.classes
 
-    def model(self, step: int | None = None) -> torch.nn.Module:
+    def scorer(self, step: int | None = None) -> torch.nn.Module:
+        """The module inference runs for `step` (default: the last): images -> scores."""
         step = step or self.steps
         if step not in self._models:
-            self._models[step] = model_of_step(self.bundle, step, self.device)
+            self._models[step] = scorer_of_step(self.bundle, step, self.device)
         return self._models[step]
 
     def predict(self, images, top_k: int = 5, step: int | None = None) -> list[Prediction]:
         """Top-k classes for PIL images, uint8 numpy arrays, or an (N, C, H, W) float tensor
         that is already normalised. `step` picks an earlier model (default: the last)."""
-        model = self.model(step)
+        scorer = self.scorer(step)
         x = to_model_input(images, self.bundle.input_spec)
         classes = self.bundle.classes_up_to(step or self.steps)
-        return predict_batch(model, classes, x, top_k, self.device)
+        return predict_batch(scorer, classes, x, top_k, self.device)
 
     def add_classes(self, new, epochs: int = 10, lr: float = 0.1, batch_size: int = 128,
                     prune_ratio: float = 0.75, seed: int = 0, skip_bad: bool = False,

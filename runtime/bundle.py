@@ -1,4 +1,5 @@
-"""The v1 bundle: one safetensors file holding every step of an incremental model.
+"""The bundle (format v2; v1 still loads): one safetensors file holding every step of an
+incremental model, and the class statistics the default classifier is built from.
 
 This is the only module that knows tensor names and metadata keys; the spec is
 docs/bundle-format.md. Loading reads safetensors only (no code execution) and checks
@@ -19,17 +20,24 @@ from safetensors.torch import save as safetensors_save
 
 from .atomic import atomic_write_bytes
 from .backbones import BACKBONES, batchnorm_state, create_backbone, masked_parameter_names
+from .class_stats import ClassStats, packed_size
 from .errors import BundleError, BundleFormatError, BundleIntegrityError, BundleVersionError
 
 FORMAT_NAME = "m2kd-bundle"
-FORMAT_VERSION = "1"
-SUPPORTED_VERSIONS = ("1",)
+FORMAT_VERSION = "2"
+SUPPORTED_VERSIONS = ("1", "2")  # v1: no class statistics, the head classifies
 MASK_DTYPE = torch.uint8  # owner step ids; 0 = free, so at most 255 steps
 MAX_STEPS = torch.iinfo(MASK_DTYPE).max
 PROBE_BATCH = 2
 PROBE_SEED = 0
 METADATA_KEYS = ("format", "format_version", "arch", "input_spec", "classes", "method",
                  "checksum", "created_by")
+V2_METADATA_KEYS = ("classifier",)
+# Feature spaces class statistics are kept in: "base" = snapshot 1 (every class),
+# "own" = the snapshot of the step that learned the class.
+STATS_SPACES = ("base", "own")
+STATS_PARTS = ("count", "mean", "cov")
+HEAD_CLASSIFIER = {"kind": "head"}
 
 
 @dataclass(frozen=True)
@@ -69,6 +77,8 @@ class StepRecord:
     aux_head: dict[str, torch.Tensor]  # "weight" (n_seen, aux_dim), "bias" (n_seen,)
     probe_input: torch.Tensor
     probe_logits: torch.Tensor
+    # Statistics of this step's new classes per feature space (v2; empty in v1 bundles).
+    stats: dict[str, ClassStats] = field(default_factory=dict)
 
 
 @dataclass
@@ -79,6 +89,9 @@ class Bundle:
     masks: dict[str, torch.Tensor]  # owner step per weight, uint8
     steps: list[StepRecord] = field(default_factory=list)
     method: dict = field(default_factory=dict)
+    # How inference classifies (runtime/classifier.py): {"kind": "head"} or a statistics
+    # classifier such as {"kind": "fecam", "space": "base", ...}.
+    classifier: dict = field(default_factory=lambda: dict(HEAD_CLASSIFIER))
 
     @property
     def num_steps(self) -> int:
@@ -120,6 +133,9 @@ def _to_safetensors(bundle: Bundle, checksum: str) -> tuple[dict[str, torch.Tens
             tensors[f"{p}aux_head.{part}"] = rec.aux_head[part]
         tensors[f"{p}probe.input"] = rec.probe_input
         tensors[f"{p}probe.logits"] = rec.probe_logits
+        for space, stats in rec.stats.items():
+            for part in STATS_PARTS:
+                tensors[f"{p}stats.{space}.{part}"] = getattr(stats, part)
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     from . import __version__
     metadata = {
@@ -131,6 +147,7 @@ def _to_safetensors(bundle: Bundle, checksum: str) -> tuple[dict[str, torch.Tens
         "method": json.dumps(bundle.method, sort_keys=True),
         "created_by": f"m2kd {__version__}",
         "checksum": checksum,
+        "classifier": json.dumps(bundle.classifier, sort_keys=True),
     }
     return tensors, metadata
 
@@ -212,7 +229,8 @@ def _check_header(metadata: dict | None) -> dict[str, str]:
         raise BundleVersionError(
             f"bundle format version {version!r} is not supported by this m2kd "
             f"(supports {', '.join(SUPPORTED_VERSIONS)}); upgrade m2kd to read it")
-    missing = [k for k in METADATA_KEYS if k not in metadata]
+    required = METADATA_KEYS + (V2_METADATA_KEYS if version != "1" else ())
+    missing = [k for k in required if k not in metadata]
     if missing:
         raise BundleFormatError(f"bundle metadata lacks {', '.join(missing)}")
     return metadata
@@ -222,11 +240,14 @@ def _from_safetensors(tensors: dict[str, torch.Tensor], metadata: dict) -> Bundl
     try:
         classes = json.loads(metadata["classes"])
         method = json.loads(metadata["method"])
+        classifier = json.loads(metadata.get("classifier", json.dumps(HEAD_CLASSIFIER)))
         spec = InputSpec.from_json(metadata["input_spec"])
     except (ValueError, KeyError, TypeError) as e:
         raise BundleFormatError(f"bundle metadata is malformed ({e})") from None
     if not isinstance(classes, list) or not all(isinstance(c, list) for c in classes):
         raise BundleFormatError("metadata 'classes' must be a list of per-step lists")
+    if not isinstance(classifier, dict) or not isinstance(classifier.get("kind"), str):
+        raise BundleFormatError("metadata 'classifier' must be an object with a 'kind'")
     pool = dict(tensors)
 
     def take(name: str) -> torch.Tensor:
@@ -249,10 +270,13 @@ def _from_safetensors(tensors: dict[str, torch.Tensor], metadata: dict) -> Bundl
             aux_head={part: take(f"{p}aux_head.{part}") for part in ("weight", "bias")},
             probe_input=take(f"{p}probe.input"),
             probe_logits=take(f"{p}probe.logits"),
+            stats={space: ClassStats(*(pool.pop(f"{p}stats.{space}.{part}")
+                                       for part in STATS_PARTS))
+                   for space in STATS_SPACES if f"{p}stats.{space}.count" in pool},
         ))
     if pool:
         raise BundleFormatError(f"bundle has unexpected tensors: {', '.join(sorted(pool)[:5])}")
-    return Bundle(metadata["arch"], spec, weights, masks, steps, method)
+    return Bundle(metadata["arch"], spec, weights, masks, steps, method, classifier)
 
 
 # ---------------------------------------------------------------- validation
@@ -314,6 +338,23 @@ def _check_step(k: int, rec: StepRecord, bundle: Bundle, bn_shapes: dict, skelet
     _expect(rec.probe_input, (PROBE_BATCH, spec.channels, spec.height, spec.width),
             torch.float32, f"{p}probe.input")
     _expect(rec.probe_logits, (PROBE_BATCH, n_seen), torch.float32, f"{p}probe.logits")
+    for space, stats in rec.stats.items():
+        _check_stats(f"{p}stats.{space}", stats, len(rec.classes), skeleton.feature_dim)
+
+
+def _check_stats(what: str, stats: ClassStats, n: int, dim: int) -> None:
+    """Shapes, dtypes, finite values, counts >= 1 and covariances positive semi-definite."""
+    _expect(stats.count, (n,), torch.int64, f"{what}.count")
+    _expect(stats.mean, (n, dim), torch.float32, f"{what}.mean")
+    _expect(stats.cov, (n, packed_size(dim)), torch.float32, f"{what}.cov")
+    if int(stats.count.min()) < 1:
+        raise BundleFormatError(f"{what}.count: every class needs at least one image")
+    if not (torch.isfinite(stats.mean).all() and torch.isfinite(stats.cov).all()):
+        raise BundleFormatError(f"{what}: statistics must be finite")
+    eig = torch.linalg.eigvalsh(stats.covariances().double())
+    scale = eig.abs().amax(dim=1).clamp(min=1e-12)
+    if (eig.amin(dim=1) < -1e-4 * scale).any():
+        raise BundleFormatError(f"{what}.cov: a covariance is not positive semi-definite")
 
 
 def make_probe_input(spec: InputSpec) -> torch.Tensor:
@@ -324,7 +365,7 @@ def make_probe_input(spec: InputSpec) -> torch.Tensor:
 
 # ---------------------------------------------------------------- sizes
 
-PARTS = ("weights", "masks", "batchnorm", "heads", "probes")
+PARTS = ("weights", "masks", "batchnorm", "heads", "probes", "statistics")
 
 
 def part_of(name: str) -> str:
@@ -337,6 +378,8 @@ def part_of(name: str) -> str:
         return "batchnorm"
     if ".probe." in name:
         return "probes"
+    if ".stats." in name:
+        return "statistics"
     return "heads"
 
 

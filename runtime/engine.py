@@ -29,6 +29,10 @@ from .backbones import BackboneOutput, ResNet, batchnorm_state, create_backbone,
 from .bundle import MAX_STEPS, Bundle, InputSpec, StepRecord, make_probe_input
 from .devices import resolve_device
 from .errors import ConfigError, DataError, InvariantError
+from .class_stats import ClassStats, pooled_features, statistics_of
+from .classifier import classifier_config
+from .inference import run_in_batches
+from .losses import REDUCTIONS
 from .owner_masks import PruneStats, empty_masks, prune_free_weights
 from .reconstruct import model_of_step
 from .teachers import Batch, apply_view
@@ -36,22 +40,28 @@ from .teachers import Batch, apply_view
 
 @dataclass
 class StepConfig:
-    """Hyper-parameters of one step. Defaults follow M2KD Section 4.2."""
+    """Hyper-parameters of one step. Defaults are the recipe measured to train here
+    (docs/methods.md, "The recipe"); `RECIPES["paper"]` is M2KD Section 4.2's."""
 
-    epochs: int = 10
-    lr: float = 2.0
-    batch_size: int = 128
+    epochs: int = 15
+    lr: float = 0.1
+    batch_size: int = 64
     momentum: float = 0.9
-    weight_decay: float = 1e-5  # step 1 only ...
-    later_weight_decay: float = 0.0  # ... and 0 afterwards, as in the paper
-    lr_milestones: tuple[float, ...] = (0.5,)  # fractions of the phase's epochs
+    weight_decay: float = 5e-4  # step 1 ...
+    later_weight_decay: float = 5e-4  # ... and later steps (the paper: 0); free weights only
+    schedule: str = "cosine"  # "cosine" (to 0 over the phase) or "step" (milestones, gamma)
+    lr_milestones: tuple[float, ...] = (0.5,)  # fractions of the phase's epochs ("step")
     lr_gamma: float = 0.2  # "decays by a factor of 5"
+    loss_reduction: str = "batch"  # BCE / N as Eq. 1-3 write it; "mean": / (N * C)
     # None: a non-packing method (FT, LwF-MC, ...): every weight trains in every step and
     # earlier steps cannot be rebuilt from the bundle (their teachers are kept in memory).
     prune_ratio: float | None = 0.75
     finetune_epochs: int | None = None  # None: epochs // 2
     augment: str = "flip"  # "flip" or "none"; both are finite, so teachers are cached
     teacher_mode: str = "cache"  # "cache" (once per step) or "live" (per batch)
+    # How the bundle classifies: "stats" (FeCAM on class statistics, runtime/classifier.py)
+    # or "head" (the paper's sigmoid head). Statistics are stored either way.
+    classifier: str = "stats"
     device: str = "auto"
     # bf16 autocast of the forward pass and losses on CUDA ("auto": when the GPU supports
     # bf16); no loss scaling is needed with bf16. Teachers, pruning, probes stay fp32.
@@ -70,10 +80,35 @@ class StepConfig:
             raise ConfigError(f"amp must be 'auto' or 'off', got {self.amp!r}")
         if self.teacher_mode not in ("cache", "live"):
             raise ConfigError(f"teacher_mode must be 'cache' or 'live', got {self.teacher_mode!r}")
+        if self.classifier not in ("stats", "fecam", "head"):
+            raise ConfigError(f"classifier must be 'stats' or 'head', got {self.classifier!r}")
+        if self.schedule not in ("cosine", "step"):
+            raise ConfigError(f"schedule must be 'cosine' or 'step', got {self.schedule!r}")
+        if self.loss_reduction not in REDUCTIONS:
+            raise ConfigError(f"loss reduction must be one of {', '.join(REDUCTIONS)}, "
+                              f"got {self.loss_reduction!r}")
 
     @property
     def n_views(self) -> int:
         return 2 if self.augment == "flip" else 1
+
+
+# Named recipes: "default" is StepConfig's defaults; "paper" is M2KD Section 4.2 (lr 2.0
+# with the mean-reduced BCE of iCaRL, batch 128, lr / 5 at half of each phase, weight
+# decay in step 1 only).
+RECIPES: dict[str, dict] = {
+    "default": {},
+    "paper": dict(lr=2.0, batch_size=128, weight_decay=1e-5, later_weight_decay=0.0,
+                  schedule="step", loss_reduction="mean"),
+}
+
+
+def recipe_config(name: str, **overrides) -> StepConfig:
+    """A StepConfig from a named recipe; `None` overrides keep the recipe's value."""
+    if name not in RECIPES:
+        raise ConfigError(f"unknown recipe {name!r}; choose one of {', '.join(RECIPES)}")
+    values = {**RECIPES[name], **{k: v for k, v in overrides.items() if v is not None}}
+    return StepConfig(**values)
 
 
 @dataclass
@@ -120,6 +155,9 @@ class StepReport:
     epoch_losses: list[dict[str, float]]
     kept_fraction: float | None  # share of the free weights this step took (pruning)
     peak_memory_bytes: int
+    # Eval-mode top-1 of the step's model on its own new-class training images: a step
+    # that did not learn its new classes shows here first (docs/methods.md).
+    train_accuracy_new: float | None = None
 
     @property
     def images_per_second(self) -> float:
@@ -170,10 +208,13 @@ def run_step(previous: Bundle | None, data: StepData, new_classes: list[str], me
     method.after_step(ctx)
     if packing:
         _check_owned_unchanged(ctx.model, masks, ctx.step, owned_before)
+    train_new = new_class_accuracy(ctx)
+    stats = new_class_statistics(ctx)
 
-    bundle = _append_step(previous, ctx, masks, new_classes, method, config, arch, input_spec)
+    bundle = _append_step(previous, ctx, masks, new_classes, method, config, arch, input_spec,
+                          stats)
     report = StepReport(ctx.step, time.perf_counter() - started, images_seen, losses, kept,
-                        _peak_memory(device))
+                        _peak_memory(device), train_new)
     return bundle, report
 
 
@@ -237,8 +278,7 @@ def _train_phase(ctx: StepContext, method: Method, masks: dict[str, torch.Tensor
     # owned weight never receives any update, not even through momentum (invariant 1).
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                                 weight_decay=0.0)
-    milestones = sorted({max(1, math.ceil(f * epochs)) for f in cfg.lr_milestones})
-    schedule = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, cfg.lr_gamma)
+    schedule = _lr_schedule(optimizer, cfg, epochs)
     generator = torch.Generator().manual_seed(cfg.seed + 1000 * ctx.step)
     history = []
     bar = tqdm(range(epochs), desc=f"step {ctx.step} {phase}", disable=not cfg.progress,
@@ -261,6 +301,14 @@ def _train_phase(ctx: StepContext, method: Method, masks: dict[str, torch.Tensor
         history.append({k: v / batches for k, v in sums.items()})
         bar.set_postfix(loss=f"{history[-1]['loss']:.4f}")
     return history
+
+
+def _lr_schedule(optimizer, cfg: StepConfig, epochs: int):
+    """Per-epoch schedule of one phase: cosine to 0, or the paper's step decay."""
+    if cfg.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
+    milestones = sorted({max(1, math.ceil(f * epochs)) for f in cfg.lr_milestones})
+    return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, cfg.lr_gamma)
 
 
 def _autocast(ctx: StepContext):
@@ -307,6 +355,33 @@ def _prune(model: nn.Module, masks: dict[str, torch.Tensor], step: int, ratio: f
     return total
 
 
+@torch.no_grad()
+def new_class_accuracy(ctx: StepContext) -> float:
+    """Top-1 (head, all seen classes) of the trained model on the step's new-class images."""
+    new = ctx.data.labels >= ctx.n_old
+    images, labels = ctx.data.images[new], ctx.data.labels[new]
+    ctx.model.eval()
+    predicted = run_in_batches(lambda x: ctx.model(x).logits.argmax(1), images, ctx.device)
+    ctx.model.train()
+    return float((predicted == labels).float().mean())
+
+
+@torch.no_grad()
+def new_class_statistics(ctx: StepContext) -> dict[str, ClassStats]:
+    """Statistics of the new classes, from their own images only, in the base snapshot's
+    space and in this step's own space (docs/design.md, "Class statistics")."""
+    new = ctx.data.labels >= ctx.n_old
+    images, labels = ctx.data.images[new], ctx.data.labels[new]
+    classes = list(range(ctx.n_old, ctx.n_seen))
+    base = ctx.model if ctx.step == 1 else ctx.teacher_model(1)
+    stats = {"base": statistics_of(pooled_features(base, images, ctx.device), labels, classes)}
+    if ctx.step > 1:
+        own = pooled_features(ctx.model, images, ctx.device)
+        stats["own"] = statistics_of(own, labels, classes)
+    ctx.model.train()
+    return stats
+
+
 # ---------------------------------------------------------------- invariant 1
 
 def _owned_snapshot(model: nn.Module, masks: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -329,7 +404,8 @@ def _check_owned_unchanged(model: nn.Module, masks: dict[str, torch.Tensor], ste
 @torch.no_grad()
 def _append_step(previous: Bundle | None, ctx: StepContext, masks: dict[str, torch.Tensor],
                  new_classes: list[str], method: Method, config: StepConfig,
-                 arch: str | None, input_spec: InputSpec | None) -> Bundle:
+                 arch: str | None, input_spec: InputSpec | None,
+                 stats: dict[str, ClassStats]) -> Bundle:
     model = ctx.model.cpu().eval()
     spec = previous.input_spec if previous else input_spec
     params = dict(model.named_parameters())
@@ -341,6 +417,7 @@ def _append_step(previous: Bundle | None, ctx: StepContext, masks: dict[str, tor
         aux_head={k: v.detach().clone() for k, v in model.aux_head.state_dict().items()},
         probe_input=probe,
         probe_logits=model(probe).logits.detach().clone(),
+        stats=stats,
     )
     info = {"name": method.name, "params": dict(getattr(method, "params", {})),
             "step_config": {k: v for k, v in asdict(config).items()
@@ -352,7 +429,16 @@ def _append_step(previous: Bundle | None, ctx: StepContext, masks: dict[str, tor
         masks=masks,
         steps=(previous.steps if previous else []) + [record],
         method=info,
+        classifier=_classifier_of(previous, config),
     )
+
+
+def _classifier_of(previous: Bundle | None, config: StepConfig) -> dict:
+    """The configured classifier; the head for a bundle whose earlier steps have no class
+    statistics (a v1 bundle: its old classes can only be told apart by the head)."""
+    if previous is not None and any("base" not in rec.stats for rec in previous.steps):
+        return classifier_config("head")
+    return classifier_config(config.classifier)
 
 
 def _reset_peak_memory(device: torch.device) -> None:

@@ -10,7 +10,8 @@ from .bundle import Bundle
 from .errors import DataError
 from .folders import read_class_folders
 from .images import normalise
-from .reconstruct import model_of_step
+from .classifier import scorer_of_step
+from .inference import run_in_batches
 
 
 @torch.no_grad()
@@ -25,8 +26,8 @@ def folder_accuracy(bundle: Bundle, folder: str | Path, new_names: list[str],
     if unknown:
         raise DataError(f"{folder}: class(es) {', '.join(unknown)} are neither in the bundle "
                         "nor being added")
-    model = model_of_step(bundle, None, device)
-    logits = model(normalise(pixels, bundle.input_spec).to(device)).logits.cpu()
+    scorer = scorer_of_step(bundle, None, device)
+    logits = run_in_batches(scorer, normalise(pixels, bundle.input_spec), device)
     predicted = [bundle.classes[i] for i in logits.argmax(dim=1).tolist()]
     truth = [names[i] for i in labels.tolist()]
     correct = torch.tensor([p == t for p, t in zip(predicted, truth)])

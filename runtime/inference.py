@@ -28,13 +28,14 @@ def run_in_batches(fn, images: torch.Tensor, device, batch_size: int = 512) -> t
 
 
 @torch.no_grad()
-def predict_batch(model: nn.Module, classes: list[str], images: torch.Tensor, top_k: int,
+def predict_batch(scorer: nn.Module, classes: list[str], images: torch.Tensor, top_k: int,
                   device: torch.device, batch_size: int = 256) -> list[Prediction]:
-    model.eval()
+    """`scorer` maps images to scores (runtime/classifier.py's `StepScorer`)."""
+    scorer.eval()
     k = max(1, min(top_k, len(classes)))
     predictions = []
     for start in range(0, len(images), batch_size):
-        logits = model(images[start:start + batch_size].to(device)).logits.float()
+        logits = scorer(images[start:start + batch_size].to(device)).float()
         scores, index = torch.softmax(logits, dim=1).topk(k, dim=1)
         for s_row, i_row in zip(scores.cpu().tolist(), index.cpu().tolist()):
             predictions.append(Prediction([classes[i] for i in i_row], s_row))

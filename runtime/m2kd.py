@@ -80,11 +80,13 @@ class M2KD:
             old_main, old_aux = empty, empty
         else:
             old_main, old_aux = teachers.targets(batch)
-        l_mmd = distillation_bce(out.logits, old_main, batch.labels)
+        reduction = ctx.config.loss_reduction
+        l_mmd = distillation_bce(out.logits, old_main, batch.labels, reduction)
         parts = {"mmd": l_mmd}
         total = l_mmd
         if self.config.auxiliary:
-            l_ad = auxiliary_distillation(out.aux_logits, old_aux, batch.labels, self.config.alpha)
+            l_ad = auxiliary_distillation(out.aux_logits, old_aux, batch.labels, self.config.alpha,
+                                          reduction)
             parts["aux"] = l_ad
             total = total + self.config.lam * l_ad
         parts["loss"] = total

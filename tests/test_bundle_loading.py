@@ -22,12 +22,16 @@ GOLDEN = Path(__file__).parent / "data" / "golden-v1.safetensors"
 GOLDEN_CHECKSUM = "sha256:4d105d7614c4ae4187e33c410c71017a775cd58994210241836e63d102d04d73"
 
 
-def test_golden_v1_bundle_keeps_loading_and_verifying():
-    bundle = load_bundle(GOLDEN)
+def test_golden_v1_bundle_keeps_loading_and_verifying(tmp_path):
+    bundle = load_bundle(GOLDEN)  # checks the v1 checksum against the v1 content
     assert read_metadata(GOLDEN)["checksum"] == GOLDEN_CHECKSUM
-    assert bundle.checksum() == GOLDEN_CHECKSUM
     assert bundle.num_steps == 2 and bundle.classes == ["0", "1", "2", "3"]
     assert all(c.ok for c in check_probes(bundle))
+    # v1 has no class statistics: it classifies with its head, and is re-saved as v2.
+    assert bundle.classifier == {"kind": "head"} and not bundle.steps[0].stats
+    save_bundle(bundle, tmp_path / "v2.safetensors")
+    assert read_metadata(tmp_path / "v2.safetensors")["format_version"] == "2"
+    assert load_bundle(tmp_path / "v2.safetensors").checksum() == bundle.checksum()
 
 
 def test_save_then_load_round_trips(three_step_bundle, tmp_path):
@@ -78,8 +82,8 @@ def test_truncated_file_is_a_format_error(tmp_path, keep):
 
 
 def test_wrong_version_is_a_version_error(tmp_path):
-    bad = _rewrite(tmp_path, lambda t, m: m.update(format_version="2"))
-    with pytest.raises(BundleVersionError, match="'2'"):
+    bad = _rewrite(tmp_path, lambda t, m: m.update(format_version="3"))
+    with pytest.raises(BundleVersionError, match="'3'"):
         load_bundle(bad)
 
 

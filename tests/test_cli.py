@@ -64,7 +64,8 @@ def test_verify_fails_with_the_step_on_a_probe_mismatch(tmp_path):
 def test_inspect_shows_sizes_and_free_weights():
     result = run("inspect", GOLDEN, "--json")
     report = json.loads(result.output)
-    assert set(report["bytes_by_part"]) == {"weights", "masks", "batchnorm", "heads", "probes"}
+    assert set(report["bytes_by_part"]) == {"weights", "masks", "batchnorm", "heads", "probes",
+                                            "statistics"}
     assert sum(report["bytes_by_part"].values()) < report["file_bytes"]
     assert 0 < report["free_fraction"] < 1
     assert report["steps"][1]["classes"] == ["2", "3"]

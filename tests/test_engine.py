@@ -60,8 +60,9 @@ def test_teachers_are_rebuilt_once_per_step_not_per_batch(three_step_bundle, dig
     monkeypatch.setattr(engine_module, "model_of_step", counting)
     (names, data), = steps_of(digits, 4)[3:4]
     run_step(three_step_bundle[-1], data, names, M2KD(), fast_config(epochs=2, batch_size=16))
-    # The live model (last step) once, then each teacher once, though there were many batches.
-    assert sorted(calls, key=str) == [1, 2, 3, None]
+    # The live model (last step) once, then each teacher once, though there were many batches,
+    # and snapshot 1 once more for the new classes' statistics in the base space.
+    assert sorted(calls, key=str) == [1, 1, 2, 3, None]
 
 
 def test_bad_step_config_is_refused(digits):

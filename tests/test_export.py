@@ -19,7 +19,7 @@ from m2kd.runtime.bundle import load_bundle, save_bundle
 from m2kd.runtime.cli import cli
 from m2kd.runtime.errors import ConfigError
 from m2kd.runtime.onnx_backend import OnnxModel
-from m2kd.runtime.reconstruct import model_of_step
+from m2kd.runtime.classifier import scorer_of_step
 
 GOLDEN = Path(__file__).parent / "data" / "golden-v1.safetensors"
 
@@ -90,7 +90,7 @@ def test_preprocess_graph_takes_uint8_nhwc(bundle):
         ["logits"], {"input": pixels.numpy()})[0]
     x = (pixels.permute(0, 3, 1, 2).float() / 255 - spec.mean[0]) / spec.std[0]
     with torch.no_grad():
-        expected = model_of_step(bundle, 3)(x).logits.numpy()
+        expected = scorer_of_step(bundle, 3)(x).numpy()
     assert np.abs(got - expected).max() <= 1e-4
 
 

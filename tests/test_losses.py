@@ -21,14 +21,17 @@ def test_distillation_bce_uses_teacher_scores_on_old_and_labels_on_new():
     old = torch.tensor([[0.25]])
     labels = torch.tensor([2])
     expected = (_bce(0.0, 0.25) + _bce(1.0, 0.0) + _bce(-1.0, 1.0)) / 3
-    assert distillation_bce(logits, old, labels).item() == pytest.approx(expected, rel=1e-6)
+    assert distillation_bce(logits, old, labels, "mean").item() == pytest.approx(expected,
+                                                                          rel=1e-6)
+    # Eq. 2 as written: summed over classes, divided by the batch size only
+    assert distillation_bce(logits, old, labels).item() == pytest.approx(3 * expected, rel=1e-6)
 
 
 def test_distillation_bce_without_old_classes_is_plain_bce():
     logits = torch.tensor([[2.0, -2.0], [0.5, 0.5]])
     labels = torch.tensor([0, 1])
     expected = (_bce(2, 1) + _bce(-2, 0) + _bce(0.5, 0) + _bce(0.5, 1)) / 4
-    got = distillation_bce(logits, torch.zeros(2, 0), labels)
+    got = distillation_bce(logits, torch.zeros(2, 0), labels, "mean")
     assert got.item() == pytest.approx(expected, rel=1e-6)
 
 
@@ -40,8 +43,10 @@ def test_auxiliary_distillation_is_eq3_with_alpha():
     distill = _bce(1.0, 0.8)
     classify = _bce(1.0, 0.0) + _bce(-0.5, 1.0)
     expected = (distill + alpha * classify) / 2
-    assert auxiliary_distillation(aux, old, labels, alpha).item() == pytest.approx(expected,
-                                                                                  rel=1e-6)
+    assert auxiliary_distillation(aux, old, labels, alpha, "mean").item() == pytest.approx(
+        expected, rel=1e-6)
+    assert auxiliary_distillation(aux, old, labels, alpha).item() == pytest.approx(
+        2 * expected, rel=1e-6)
 
 
 def test_teacher_assignment_policies():

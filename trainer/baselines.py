@@ -28,7 +28,8 @@ class FineTune:
     def loss(self, ctx: StepContext, out: BackboneOutput, batch: Batch
              ) -> dict[str, torch.Tensor]:
         zeros = out.logits.new_zeros(len(batch.labels), 0)
-        return {"loss": distillation_bce(out.logits, zeros, batch.labels)}
+        return {"loss": distillation_bce(out.logits, zeros, batch.labels,
+                                         ctx.config.loss_reduction)}
 
     def after_step(self, ctx: StepContext) -> None:
         pass

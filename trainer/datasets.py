@@ -20,12 +20,6 @@ from m2kd.runtime.errors import ConfigError, DataError
 from m2kd.runtime.images import normalise
 
 
-# With 2-10 output classes, the mean-reduced BCE gradient is 10-50x larger than with the
-# 100 classes that lr 2.0 was tuned for; at 2.0 BatchNorm running statistics stop matching
-# the weights (eval-mode accuracy 53% vs 99% in train mode on the first MNIST step).
-DIGITS_LR = 0.1
-
-
 @dataclass
 class Dataset:
     name: str
@@ -37,7 +31,6 @@ class Dataset:
     test_labels: torch.Tensor
     default_arch: str
     default_augment: str  # digits are not flip-invariant; natural images are
-    default_lr: float = 2.0  # the paper's lr, calibrated for mean BCE over ~100 classes
 
     @property
     def num_classes(self) -> int:
@@ -56,7 +49,7 @@ def _stratified_split(labels: np.ndarray, test_fraction: float, seed: int):
 
 
 def _from_arrays(name, pixels: np.ndarray, labels: np.ndarray, class_names, arch, augment,
-                 test_fraction=0.2, seed=0, split=None, lr=2.0) -> Dataset:
+                 test_fraction=0.2, seed=0, split=None) -> Dataset:
     """pixels: (N, C, H, W) floats in [0, 1]. Normalisation statistics come from train."""
     train, test = split or _stratified_split(labels, test_fraction, seed)
     x = torch.from_numpy(pixels.astype(np.float32))
@@ -66,7 +59,7 @@ def _from_arrays(name, pixels: np.ndarray, labels: np.ndarray, class_names, arch
     spec = InputSpec(x.shape[1], x.shape[2], x.shape[3], tuple(mean), tuple(std))
     x = normalise(x, spec)
     return Dataset(name, list(class_names), spec, x[train], y[train], x[test], y[test], arch,
-                   augment, lr)
+                   augment)
 
 
 def load_digits_dataset(seed: int = 0) -> Dataset:
@@ -75,7 +68,7 @@ def load_digits_dataset(seed: int = 0) -> Dataset:
     d = load_digits()
     pixels = (d.images / 16.0)[:, None]
     return _from_arrays("digits", pixels, d.target, [str(i) for i in range(10)],
-                        "resnet_small", "none", seed=seed, lr=DIGITS_LR)
+                        "resnet_small", "none", seed=seed)
 
 
 def load_mnist5k(seed: int = 0) -> Dataset:
@@ -84,7 +77,7 @@ def load_mnist5k(seed: int = 0) -> Dataset:
     x, y = mnist_data()
     pixels = (x / 255.0).reshape(-1, 1, 28, 28)
     return _from_arrays("mnist5k", pixels, y, [str(i) for i in range(10)],
-                        "resnet_small", "none", seed=seed, lr=DIGITS_LR)
+                        "resnet_small", "none", seed=seed)
 
 
 def load_cifar(root: str | Path, num_classes: int) -> Dataset:

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from m2kd.runtime.backbones import BackboneOutput
 from m2kd.runtime.engine import StepContext
-from m2kd.runtime.losses import bce_sum, one_hot
+from m2kd.runtime.losses import bce_sum, one_hot, reduce_sum
 from m2kd.runtime.teachers import Batch
 
 
@@ -63,23 +63,25 @@ class LwM:
     def loss(self, ctx: StepContext, out: BackboneOutput, batch: Batch
              ) -> dict[str, torch.Tensor]:
         n, c = out.logits.shape
+        reduction = ctx.config.loss_reduction
         targets = one_hot(batch.labels, c)
         teacher = ctx.state["teacher"]
         if teacher is None:
-            l_c = bce_sum(out.logits, targets) / (n * c)
+            l_c = reduce_sum(bce_sum(out.logits, targets), n, c, reduction)
             return {"loss": l_c, "classify": l_c}
         n_old = ctx.n_old
         t_out = teacher(batch.images)  # parameters of the teacher get no gradient below
-        l_c = bce_sum(out.logits[:, n_old:], targets[:, n_old:]) / (n * c)
+        l_c = reduce_sum(bce_sum(out.logits[:, n_old:], targets[:, n_old:]), n, c, reduction)
         l_d = bce_sum(out.logits[:, :n_old], torch.sigmoid(t_out.logits[:, :n_old]).detach())
-        l_d = l_d / (n * c)
+        l_d = reduce_sum(l_d, n, c, reduction)
         b = out.logits[:, :n_old].argmax(dim=1, keepdim=True).detach()
         student_map = grad_cam(out.logits.gather(1, b).squeeze(1), out.stages[-1], True)
         teacher_map = grad_cam(t_out.logits.gather(1, b).squeeze(1), t_out.stages[-1],
                                False).detach()
-        # The BCE terms are divided by C (mean over classes, see runtime/losses.py) where the
-        # paper sums over classes; dividing L_AD by C too keeps Eq. 3's balance for gamma.
-        l_ad = attention_distillation(teacher_map, student_map) / c
+        # L_AD is per image; with the "mean" reduction the BCE terms are also divided by C,
+        # and so is L_AD, to keep Eq. 3's balance for gamma.
+        l_ad = attention_distillation(teacher_map, student_map)
+        l_ad = l_ad / c if reduction == "mean" else l_ad
         total = l_c + self.config.beta * l_d + self.config.gamma * l_ad
         return {"loss": total, "classify": l_c, "distill": l_d, "attention": l_ad}
 

@@ -29,6 +29,7 @@ class MethodSpec:
     exemplars: bool = False  # keeps old images (herding)
     nme: bool = False  # classifies by the nearest mean of exemplars
     teachers: str = "all"  # earlier models a non-packing method keeps: all, last or none
+    classifier: str = DEFAULT  # "head", "stats", or DEFAULT: the run's --classifier
 
 
 def _exemplar(method: Callable[[], M2KD]) -> Callable[[], M2KD]:

@@ -20,12 +20,15 @@ from m2kd.runtime.bundle import save_bundle, snapshot_bytes
 from m2kd.runtime.devices import resolve_device
 from m2kd.runtime.engine import StepConfig, StepData, run_step
 from m2kd.runtime.errors import ConfigError
+from m2kd.runtime.classifier import scorer_of_step
+from m2kd.runtime.inference import run_in_batches
 from m2kd.runtime.reconstruct import model_of_step
 
 from .datasets import Dataset
 from .exemplars import ExemplarMemory
 from .methods import DEFAULT, method_spec
-from .metrics import average_incremental_accuracy, forgetting, predict_logits, step_metrics
+from .metrics import average_incremental_accuracy, forgetting, predict_logits, step_metrics, \
+    topk_accuracy
 
 RESULTS_SCHEMA = "m2kd-results/1"
 
@@ -56,9 +59,14 @@ def step_data(images: torch.Tensor, labels: torch.Tensor, classes: list[int],
 
 
 def config_for(method_name: str, config: StepConfig) -> StepConfig:
-    """The run's config with the method's own pruning (None for non-packing methods)."""
-    ratio = method_spec(method_name).prune_ratio
-    return config if ratio == DEFAULT else replace(config, prune_ratio=ratio)
+    """The run's config with the method's own pruning (None for non-packing methods) and
+    classifier, where the method fixes them."""
+    spec = method_spec(method_name)
+    if spec.prune_ratio != DEFAULT:
+        config = replace(config, prune_ratio=spec.prune_ratio)
+    if spec.classifier != DEFAULT:
+        config = replace(config, classifier=spec.classifier)
+    return config
 
 
 def _with_exemplars(data: StepData, memory: ExemplarMemory | None) -> StepData:
@@ -104,9 +112,12 @@ def run_protocol(dataset: Dataset, protocol: Protocol, method_name: str, config:
         elif hasattr(method, "scores"):
             logits = method.scores(model, test.images, device)
         else:
-            logits = predict_logits(model, test.images, device)
+            scorer = scorer_of_step(bundle, k, device, None if packing else snapshots)
+            logits = run_in_batches(scorer, test.images, device)
         row = {"step": k, "classes": names,
                **step_metrics(logits, test.labels, bundle.step_of_class()),
+               "head_top1": topk_accuracy(predict_logits(model, test.images, device),
+                                          test.labels, 1),
                "train": report.to_dict()}
         rows.append(row)
         log(format_row(row))
@@ -169,11 +180,14 @@ def _pct(v) -> str:
     return "   -" if v is None else f"{100 * v:5.1f}"
 
 
-TABLE_HEADER = "step  classes           top1  top5   old   new   sec"
+# top1/top5/old/new: the run's classifier; head: the sigmoid head's top-1; train-new: the
+# head's top-1 on the step's own new-class training images (did the step learn them?).
+TABLE_HEADER = "step  classes           top1  top5   old   new  head  train-new   sec"
 
 
 def format_row(row: dict) -> str:
     names = ",".join(row["classes"])
     names = names if len(names) <= 16 else names[:15] + "…"
     return (f"{row['step']:>4}  {names:<16} {_pct(row['top1'])} {_pct(row['top5'])} "
-            f"{_pct(row['old'])} {_pct(row['new'])} {row['train']['seconds']:5.1f}")
+            f"{_pct(row['old'])} {_pct(row['new'])} {_pct(row.get('head_top1'))}      "
+            f"{_pct(row['train'].get('train_accuracy_new'))} {row['train']['seconds']:5.1f}")
