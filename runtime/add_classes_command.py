@@ -21,10 +21,13 @@ def _pct(v) -> str:
               help="Write the new bundle here instead of replacing BUNDLE.")
 @click.option("--keep-previous", is_flag=True,
               help="Keep the old bundle as BUNDLE.prev before replacing it.")
-@click.option("--epochs", default=10, show_default=True, type=click.IntRange(min=1))
-@click.option("--batch-size", default=128, show_default=True, type=click.IntRange(min=1))
+@click.option("--epochs", default=15, show_default=True, type=click.IntRange(min=1))
+@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1))
 @click.option("--lr", default=0.1, show_default=True, type=click.FloatRange(min=0,
               min_open=True))
+@click.option("--classifier", type=click.Choice(["stats", "head"]), default="stats",
+              show_default=True, help="stats: FeCAM on class statistics (needs a v2 bundle); "
+              "head: the sigmoid head.")
 @click.option("--prune-ratio", default=0.75, show_default=True,
               type=click.FloatRange(0, 1, max_open=True))
 @click.option("--augment", type=click.Choice(["flip", "none"]), default="none",
@@ -34,11 +37,12 @@ def _pct(v) -> str:
 @click.option("--skip-bad", is_flag=True, help="Skip unreadable images instead of refusing.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 def add_classes_command(bundle, data_dir, val_dir, out, keep_previous, epochs, batch_size, lr,
-                        prune_ratio, augment, device, seed, skip_bad, progress):
+                        classifier, prune_ratio, augment, device, seed, skip_bad, progress):
     """Add the classes under --data to BUNDLE without any old data (one M2KD step)."""
     from .api import verify_bundle
     from .atomic import atomic_copy
     from .bundle import load_bundle, save_bundle
+    from .classifier import describe_classifier
     from .devices import resolve_device
     from .engine import StepConfig
     from .evaluate import folder_accuracy
@@ -55,9 +59,10 @@ def add_classes_command(bundle, data_dir, val_dir, out, keep_previous, epochs, b
                f"{', '.join(new.names)} from {len(new.labels)} images on {target_device}")
 
     config = StepConfig(epochs=epochs, lr=lr, batch_size=batch_size, prune_ratio=prune_ratio,
-                        augment=augment, device=str(target_device), seed=seed,
-                        progress=progress)
+                        augment=augment, classifier=classifier, device=str(target_device),
+                        seed=seed, progress=progress)
     updated, report = add_classes(old, new, config)
+    click.echo(f"classifier: {describe_classifier(updated.classifier)}")
     if before is not None:
         after = folder_accuracy(updated, val_dir, new.names, target_device)
         click.echo("accuracy on --val    old    new    all")

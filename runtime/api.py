@@ -58,7 +58,7 @@ class Runtime:
         classes = self.bundle.classes_up_to(step or self.steps)
         return predict_batch(scorer, classes, x, top_k, self.device)
 
-    def add_classes(self, new, epochs: int = 10, lr: float = 0.1, batch_size: int = 128,
+    def add_classes(self, new, epochs: int = 15, lr: float = 0.1, batch_size: int = 64,
                     prune_ratio: float = 0.75, seed: int = 0, skip_bad: bool = False,
                     progress: bool = False, **step_options) -> StepReport:
         """Learn new classes without any old data (one M2KD step) and keep them in memory;

@@ -36,6 +36,12 @@ def classifier_config(kind: str) -> dict:
     raise ConfigError(f"unknown classifier {kind!r}; choose head, stats or fecam")
 
 
+def describe_classifier(spec: dict) -> str:
+    if spec.get("kind") == "head":
+        return "the sigmoid head of the last step"
+    return f"{spec.get('kind')} on class statistics in the {spec.get('space')} snapshot's space"
+
+
 def feature_step(bundle: Bundle, step: int) -> int:
     """The snapshot whose features the classifier of `step` reads."""
     return 1 if bundle.classifier.get("kind") == "fecam" else step

@@ -31,7 +31,8 @@ def run_grid(preset: Preset, methods: list[str], seeds: list[int], out: Path,
     results: dict[str, list[dict]] = {m: [] for m in methods}
     total, done = len(methods) * len(seeds), 0
     for seed in seeds:
-        data = load_dataset(preset.dataset, root, seed=seed)
+        data = load_dataset(preset.dataset, root, seed=seed,
+                            train_per_class=preset.train_per_class)
         order = named_order(preset.order.format(seed=seed), data.num_classes)
         protocol = Protocol(preset.base_classes, preset.increment, order)
         for m in methods:
@@ -73,6 +74,23 @@ def _bytes(result: dict) -> str:
     return f"{kept / 1e6:.2f} MB kept" if kept else "-"
 
 
+def _subset(preset: Preset) -> str:
+    n = preset.train_per_class
+    return f" ({n} training images per class)" if n else ""
+
+
+def _seconds_per_step(runs: list[dict]) -> str:
+    seconds = [row["train"]["seconds"] for r in runs for row in r["steps"]]
+    return f"{statistics.fmean(seconds):.1f}"
+
+
+def _stats_bytes(result: dict) -> str:
+    """Bytes of class statistics per class (both stored spaces), for the stats classifier."""
+    per_class = result["memory"].get("statistics_bytes_per_class")
+    used = result.get("classifier") == "fecam"
+    return f"{per_class / 1e3:.1f} KB / class" if per_class and used else "-"
+
+
 def write_report(results: dict[str, list[dict]], preset_name: str, preset: Preset,
                  command: str, out: Path) -> Path:
     from .plots import plot_confusions, plot_curves
@@ -80,15 +98,15 @@ def write_report(results: dict[str, list[dict]], preset_name: str, preset: Prese
     missing = [m for m, runs in results.items() if not runs]
     results = {m: runs for m, runs in results.items() if runs}
     lines = [f"# m2kd bench: {preset_name}", "", "Command:", "", f"    {command}", "",
-             f"Dataset {preset.dataset}, {preset.base_classes} base classes + "
+             f"Dataset {preset.dataset}{_subset(preset)}, {preset.base_classes} base classes + "
              f"{preset.increment} per step, order `{preset.order}`, metric top-1 on all "
              "classes seen so far. Mean ± std over seeds "
              f"({', '.join(str(len(r)) for r in results.values())} seeds per method; the "
              "seed sets the class order and the initialisation).", "",
              *([f"Not run (no results yet): {', '.join(missing)}.", ""] if missing else []),
              "| method | final top-1 | avg. incremental | forgetting | final old | final new "
-             "| memory beside the model | reads old data |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "| s / step | statistics | memory beside the model | reads old data |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for m, runs in results.items():
         spec = method_spec(m)
         lines.append(
@@ -97,6 +115,7 @@ def write_report(results: dict[str, list[dict]], preset_name: str, preset: Prese
             f"| {_mean_std([r['forgetting'] for r in runs])} "
             f"| {_mean_std([r['steps'][-1]['old'] for r in runs])} "
             f"| {_mean_std([r['steps'][-1]['new'] for r in runs])} "
+            f"| {_seconds_per_step(runs)} | {_stats_bytes(runs[0])} "
             f"| {_bytes(runs[0])} | {'yes' if spec.factory().reads_old_data else 'no'} |")
     n_steps = len(next(iter(results.values()))[0]["steps"])
     lines += ["", "Top-1 after each step:", "",
@@ -105,6 +124,10 @@ def write_report(results: dict[str, list[dict]], preset_name: str, preset: Prese
     for m, runs in results.items():
         cells = [_mean_std([r["steps"][k]["top1"] for r in runs]) for k in range(n_steps)]
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    first = next(iter(results.values()))
+    lines += ["", "Class orders (one per seed, the same for every method):", ""]
+    lines += [f"- seed {r['config']['seed']}: {', '.join(map(str, r['class_order']))}"
+              for r in first]
     lines += ["", "Methods:", ""] + [f"- `{m}`: {method_spec(m).summary}" for m in results]
     lines += ["", "![accuracy per step](accuracy_per_step.png)", "",
               "![confusion matrices, first seed](confusion_matrices.png)", ""]

@@ -12,10 +12,14 @@ _DEFAULTS = StepConfig()
 
 
 @click.command()
-@click.option("--dataset", type=click.Choice(["mnist5k", "digits", "cifar10", "cifar100",
-                                              "folder"]), default="mnist5k", show_default=True)
+@click.option("--dataset", type=click.Choice(["mnist5k", "digits", "fashion-mnist", "cifar10",
+                                              "cifar100", "folder"]), default="mnist5k",
+              show_default=True)
 @click.option("--root", type=click.Path(file_okay=False, path_type=Path),
-              help="Local data folder (cifar10, cifar100, folder).")
+              help="Local data folder (cifar10, cifar100, folder; fashion-mnist: default "
+                   "/usr/share/datasets/fashion-mnist).")
+@click.option("--train-per-class", type=click.IntRange(min=1),
+              help="Keep this many training images per class (deterministic subsample).")
 @click.option("--image-size", default=32, show_default=True, type=click.IntRange(min=4),
               help="Side of the square input for --dataset folder.")
 @click.option("--arch", help="Backbone (default: the dataset's).")
@@ -40,6 +44,9 @@ _DEFAULTS = StepConfig()
               help="Share of the free weights zeroed after each step.")
 @click.option("--augment", type=click.Choice(["auto", "flip", "none"]), default="auto",
               show_default=True, help="auto: flip for natural images, none for digits.")
+@click.option("--classifier", type=click.Choice(["stats", "head"]), default="stats",
+              show_default=True, help="stats: FeCAM on class statistics in the base snapshot; "
+              "head: the sigmoid head (the papers').")
 @click.option("--exemplars-per-class", default=20, show_default=True,
               type=click.IntRange(min=1), help="Memory of exemplar methods (icarl, ...).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
@@ -47,10 +54,9 @@ _DEFAULTS = StepConfig()
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("runs/last"),
               show_default=True, help="Folder for bundle.safetensors and results.json.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
-def train(dataset, root, image_size, arch, method, order_seed, base_classes, increment, max_steps,
-          recipe, epochs,
-          finetune_epochs, lr, batch_size, prune_ratio, augment, exemplars_per_class, device, seed,
-          out, progress):
+def train(dataset, root, train_per_class, image_size, arch, method, order_seed, base_classes,
+          increment, max_steps, recipe, epochs, finetune_epochs, lr, batch_size, prune_ratio,
+          augment, classifier, exemplars_per_class, device, seed, out, progress):
     """Train step by step on a dataset and write the bundle and results.json."""
     from m2kd.runtime.devices import resolve_device
     from m2kd.runtime.engine import recipe_config
@@ -61,7 +67,8 @@ def train(dataset, root, image_size, arch, method, order_seed, base_classes, inc
 
     create_method(method)  # fail on a bad name before loading data
     resolve_device(device)
-    data = load_dataset(dataset, str(root) if root else None, seed=seed, image_size=image_size)
+    data = load_dataset(dataset, str(root) if root else None, seed=seed, image_size=image_size,
+                        train_per_class=train_per_class)
     protocol = Protocol(base_classes, increment,
                         class_order(data.num_classes, None if order_seed < 0 else order_seed),
                         max_steps)
@@ -70,7 +77,7 @@ def train(dataset, root, image_size, arch, method, order_seed, base_classes, inc
         recipe, epochs=epochs, lr=lr, batch_size=batch_size, prune_ratio=prune_ratio,
         finetune_epochs=finetune_epochs,
         augment=data.default_augment if augment == "auto" else augment,
-        device=device, seed=seed, progress=progress)
+        classifier=classifier, device=device, seed=seed, progress=progress)
     click.echo(f"{data.name}: {data.num_classes} classes, {len(data.train_labels)} train / "
                f"{len(data.test_labels)} test images, {len(protocol.steps())} steps, "
                f"method {method}, device {resolve_device(device)}, class order "
@@ -140,8 +147,11 @@ def bench(preset, methods, seeds, root, epochs, lr, device, out, cached_only):
     except ValueError:
         raise ConfigError(f"--seeds must be comma-separated integers, not {seeds!r}") from None
     resolve_device(device)
-    config = StepConfig(epochs=p.epochs, lr=p.lr, batch_size=p.batch_size, augment="auto",
-                        device=device, progress=False)
+    from m2kd.runtime.engine import recipe_config
+
+    # The papers' methods classify with their heads; `*_stats` methods with class statistics.
+    config = recipe_config(p.recipe, epochs=p.epochs, lr=p.lr, batch_size=p.batch_size,
+                           augment="auto", classifier="head", device=device, progress=False)
     out.mkdir(parents=True, exist_ok=True)
     results = run_grid(p, names, seed_list, out, config, str(root) if root else None,
                        log=click.echo, cached_only=cached_only)

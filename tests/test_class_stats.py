@@ -1,0 +1,126 @@
+"""Class statistics and the classifier built from them: exact, validated, exportable."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+
+from m2kd.runtime.api import Runtime
+from m2kd.runtime.bundle import load_bundle, read_metadata, save_bundle
+from m2kd.runtime.class_stats import ClassStats, pack, pooled_features, statistics_of, tukey, \
+    unpack
+from m2kd.runtime.classifier import scorer_of_step, stats_up_to
+from m2kd.runtime.errors import BundleFormatError
+from m2kd.runtime.reconstruct import check_probes, model_of_step
+from m2kd.runtime.stats_classifier import FeCAM, shrink
+
+from tests.conftest import steps_of
+
+GOLDEN_V2 = Path(__file__).parent / "data" / "golden-v2.safetensors"
+GOLDEN_V2_CHECKSUM = "sha256:91c87cee582457335149e9db683153e1d541be75027037dc06463814882c5f55"
+
+
+def test_pack_round_trips_a_symmetric_matrix():
+    a = torch.randn(3, 5, 5)
+    cov = a @ a.transpose(1, 2)
+    assert pack(cov).shape == (3, 15)
+    assert torch.equal(unpack(pack(cov), 5), cov)
+
+
+def test_statistics_are_count_mean_and_unbiased_covariance_of_tukey_features():
+    feats = torch.rand(30, 4)
+    labels = torch.tensor([0] * 10 + [1] * 20)
+    stats = statistics_of(feats, labels, [1, 0])
+    z = tukey(feats[labels == 1].double())
+    assert stats.count.tolist() == [20, 10]
+    assert torch.allclose(stats.mean[0].double(), z.mean(0), atol=1e-6)
+    assert torch.allclose(stats.covariances()[0].double(), torch.cov(z.T), atol=1e-6)
+
+
+def test_fecam_prefers_the_class_whose_distribution_fits():
+    # Two classes with the same mean direction but different spreads along each axis:
+    # Mahalanobis (unlike nearest mean) uses the spread.
+    g = torch.Generator().manual_seed(0)
+    a = torch.rand(500, 2, generator=g) * torch.tensor([1.0, 0.05]) + 0.5
+    b = torch.rand(500, 2, generator=g) * torch.tensor([0.05, 1.0]) + 0.5
+    feats = torch.cat([a, b]).pow(2)  # tukey(0.5) undoes the square
+    labels = torch.tensor([0] * 500 + [1] * 500)
+    fecam = FeCAM(statistics_of(feats, labels, [0, 1]), beta=0.5)
+    test = torch.tensor([[1.4, 0.52], [0.52, 1.4]]).pow(2)
+    assert fecam(test).argmax(1).tolist() == [0, 1]
+
+
+def test_shrinkage_makes_a_singular_covariance_invertible():
+    cov = torch.zeros(1, 3, 3, dtype=torch.float64)
+    cov[0, 0, 0] = 1.0
+    assert torch.linalg.eigvalsh(shrink(cov)).min() > 0
+
+
+def test_statistics_never_go_stale(three_step_bundle, digits):
+    """Base-space statistics of step 1's classes, recomputed from the snapshot rebuilt out
+    of the final bundle, equal the stored ones: the snapshot is exact."""
+    final = three_step_bundle[-1]
+    (_, data), = steps_of(digits, 1)
+    stored = final.steps[0].stats["base"]
+    feats = pooled_features(model_of_step(final, 1), data.images, "cpu")
+    again = statistics_of(feats, data.labels, [0, 1])
+    assert torch.equal(stored.count, again.count)
+    assert (stored.mean - again.mean).abs().max() <= 1e-5
+    assert (stored.cov - again.cov).abs().max() <= 1e-5
+    assert torch.equal(three_step_bundle[0].steps[0].stats["base"].mean, stored.mean)
+
+
+def test_statistics_come_from_the_new_classes_images_only(three_step_bundle, digits):
+    for k, rec in enumerate(three_step_bundle[-1].steps, start=1):
+        per_class = [int((digits.train_labels == int(c)).sum()) for c in rec.classes]
+        assert rec.stats["base"].count.tolist() == per_class
+        assert ("own" in rec.stats) == (k > 1)
+
+
+def test_runtime_predicts_with_the_statistics_classifier(three_step_bundle, digits):
+    bundle = three_step_bundle[-1]
+    assert bundle.classifier["kind"] == "fecam"
+    x = digits.test_images[:16]
+    expected = FeCAM(stats_up_to(bundle, 3), 0.5)(
+        model_of_step(bundle, 1)(x).features).argmax(1)
+    runtime = Runtime(bundle, device="cpu")
+    predicted = [p.labels[0] for p in runtime.predict(x, top_k=1)]
+    assert predicted == [bundle.classes[i] for i in expected.tolist()]
+    with torch.no_grad():
+        assert scorer_of_step(bundle, 2)(x).shape == (16, 4)
+
+
+def test_golden_v2_bundle_loads_verifies_and_classifies():
+    bundle = load_bundle(GOLDEN_V2)
+    assert read_metadata(GOLDEN_V2)["checksum"] == GOLDEN_V2_CHECKSUM
+    assert bundle.checksum() == GOLDEN_V2_CHECKSUM
+    assert all(c.ok for c in check_probes(bundle))
+    assert bundle.classifier["kind"] == "fecam" and len(stats_up_to(bundle, 2)) == 4
+
+
+def _broken(bundle, edit):
+    b = copy.deepcopy(bundle)
+    edit(b.steps[1].stats["base"])
+    return b
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda s: s.mean.__setitem__((0, 0), float("nan")), "finite"),
+    (lambda s: setattr(s, "count", torch.zeros_like(s.count)), "at least one image"),
+    (lambda s: setattr(s, "cov", -s.cov), "positive semi-definite"),
+    (lambda s: setattr(s, "mean", s.mean[:, :3]), "shape"),
+    (lambda s: setattr(s, "count", s.count.int()), "dtype"),
+])
+def test_bad_statistics_are_refused_with_a_clear_error(tmp_path, edit, message):
+    bad = _broken(load_bundle(GOLDEN_V2), edit)
+    with pytest.raises(BundleFormatError, match=message):
+        save_bundle(bad, tmp_path / "bad.safetensors")
+
+
+def test_class_stats_concat_keeps_head_order():
+    a = ClassStats(torch.tensor([1]), torch.zeros(1, 2), torch.zeros(1, 3))
+    b = ClassStats(torch.tensor([2]), torch.ones(1, 2), torch.ones(1, 3))
+    assert ClassStats.concat([a, b]).count.tolist() == [1, 2]
