@@ -7,6 +7,8 @@ class after each step with FeCAM built from class statistics in different spaces
 - transport: each class's statistics in its birth snapshot, moved to the last snapshot
              by a ridge map fitted on the current step's images (no chain of estimates);
 - base+transport: the sum of both scores;
+- own:       each class scored in its birth snapshot with its exact statistics there
+             (no transport; scores of different classes come from different spaces);
 - oracle:    statistics of every class recomputed in the last snapshot from its own
              images (NOT exemplar-free: the ceiling if statistics never went stale);
 - head:      the bundle's sigmoid head.
@@ -31,7 +33,7 @@ from m2kd.trainer.datasets import load_dataset
 from m2kd.trainer.orders import named_order
 from m2kd.trainer.protocol import Protocol, run_protocol
 
-VARIANTS = ("base", "transport", "base+transport", "oracle", "head")
+VARIANTS = ("base", "own", "base+own", "transport", "base+transport", "oracle", "head")
 
 
 def ridge_map(source: torch.Tensor, target: torch.Tensor, lam: float = 1e-2) -> torch.Tensor:
@@ -82,6 +84,13 @@ def evaluate(bundle, data, order, steps) -> dict[str, list[float]]:
                 res = dst - torch.cat([src, torch.ones(len(src), 1, dtype=src.dtype)], 1) @ w
                 stats = transported(stats, w, torch.cov(res.T))
             parts.append(stats)
+        s_own = torch.zeros_like(s_base)
+        for s in range(k + 1):
+            cls = [c for c in seen if born[c] == s]
+            fecam = FeCAM(statistics_of(train_feats[s].double(), ytr, cls), 0.5)
+            s_own[:, cls] = fecam(test_feats[s][test])
+        out["own"].append(acc(s_own))
+        out["base+own"].append(acc(s_base + s_own))
         s_tr = FeCAM(ClassStats.concat(parts), 0.5)(test_feats[k][test])
         out["transport"].append(acc(s_tr))
         out["base+transport"].append(acc(s_base + s_tr))

@@ -6,6 +6,7 @@ import pickle
 
 import numpy as np
 import pytest
+import torch
 
 from m2kd.runtime.errors import ConfigError, DataError
 from m2kd.trainer.datasets import class_order, load_dataset, load_folder
@@ -65,3 +66,50 @@ def test_unknown_dataset_lists_names():
 def test_class_order_is_seeded():
     assert class_order(10, 1993) == class_order(10, 1993) != class_order(10, 1)
     assert class_order(5, None) == [0, 1, 2, 3, 4]
+
+
+def _write_idx(path, array: np.ndarray) -> None:
+    """The official MNIST/Fashion-MNIST idx format (uint8), gzipped like Debian's files."""
+    import gzip
+    import struct
+
+    magic = 0x0800 | array.ndim
+    header = struct.pack(">I", magic) + b"".join(struct.pack(">I", d) for d in array.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
+@pytest.fixture()
+def fashion_root(tmp_path, monkeypatch):
+    monkeypatch.setenv("M2KD_CACHE", str(tmp_path / "cache"))
+    root = tmp_path / "fashion"
+    root.mkdir()
+    rng = np.random.RandomState(0)
+    for split, n in (("train", 40), ("t10k", 20)):
+        _write_idx(root / f"{split}-images-idx3-ubyte.gz", rng.randint(0, 256, (n, 28, 28)))
+        _write_idx(root / f"{split}-labels-idx1-ubyte.gz", np.arange(n) % 10)
+    return root
+
+
+def test_fashion_mnist_reads_the_official_gz_files_through_torchvision(fashion_root):
+    data = load_dataset("fashion-mnist", str(fashion_root), train_per_class=3)
+    assert data.class_names[0] == "T-shirt-top" and data.num_classes == 10
+    assert data.train_images.shape == (30, 1, 28, 28) and len(data.test_labels) == 20
+    # the subsample is deterministic and the decompressed cache is reused
+    again = load_dataset("fashion-mnist", str(fashion_root), train_per_class=3)
+    assert torch.equal(again.train_images, data.train_images)
+
+
+def test_fashion_mnist_missing_files_name_the_debian_package(tmp_path, monkeypatch):
+    monkeypatch.setenv("M2KD_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="dataset-fashion-mnist"):
+        load_dataset("fashion-mnist", str(tmp_path / "empty"))
+    with pytest.raises(DataError, match="dataset-fashion-mnist"):
+        load_dataset("fashion-mnist", str(tmp_path / "nowhere"))
+
+
+def test_fashion_mnist_damaged_file_is_a_clear_error(fashion_root):
+    (fashion_root / "train-images-idx3-ubyte.gz").write_bytes(b"not gzip")
+    with pytest.raises(DataError, match="unreadable"):
+        load_dataset("fashion-mnist", str(fashion_root))

@@ -1,0 +1,43 @@
+"""The measurement behind tests/test_learning.py's floors: the same run over more seeds.
+
+    python benchmarks/learning_floors.py --seeds 0,1,2,3,4 [--reduction mean]
+
+Prints per seed the final top-1, old- and new-class accuracy (statistics classifier),
+the lowest per-step training accuracy on the step's new classes, and the head's top-1
+after each step. `--reduction mean` replays the pre-fix loss reduction.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+
+import torch
+
+from m2kd.runtime.engine import StepConfig
+from m2kd.trainer.datasets import load_digits_dataset
+from m2kd.trainer.protocol import Protocol, run_protocol
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--seeds", default="0,1,2,3,4")
+    p.add_argument("--reduction", default="batch", choices=["batch", "mean"])
+    args = p.parse_args()
+    torch.set_num_threads(2)
+    for seed in [int(s) for s in args.seeds.split(",")]:
+        data = load_digits_dataset(seed=seed)
+        order = [int(c) for c in torch.randperm(10, generator=torch.Generator().manual_seed(seed))]
+        config = StepConfig(device="cpu", augment="none", seed=seed, progress=False,
+                            loss_reduction=args.reduction)
+        with tempfile.TemporaryDirectory() as out:
+            r = run_protocol(data, Protocol(6, 2, order), "m2kd", config, out, log=lambda s: None)
+        steps = r["steps"]
+        print(f"seed {seed} order {order}: final {100 * steps[-1]['top1']:.1f} "
+              f"old {100 * steps[-1]['old']:.1f} new {100 * steps[-1]['new']:.1f} "
+              f"min train-new {100 * min(s['train']['train_accuracy_new'] for s in steps):.1f} "
+              f"head {[round(100 * s['head_top1'], 1) for s in steps]}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
