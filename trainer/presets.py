@@ -35,12 +35,12 @@ PRESETS: dict[str, Preset] = {
     "mnist-b6": Preset("mnist5k", 6, 2, "seed:{seed}", 15, 0.1, 64, exemplars_per_class=20),
     "digits": Preset("digits", 2, 2, "seed:{seed}", 15, 0.1, 64, exemplars_per_class=20),
     "digits-b6": Preset("digits", 6, 2, "seed:{seed}", 15, 0.1, 64, exemplars_per_class=20),
-    # Fashion-MNIST (Debian's dataset-fashion-mnist), 1000 training images per class so a
-    # run fits the 2-core machines; the full 10,000-image test set.
+    # Fashion-MNIST (Debian's dataset-fashion-mnist), 500 training images per class so the
+    # grids fit the 2-core machines; the full 10,000-image test set.
     "fashion": Preset("fashion-mnist", 2, 2, "seed:{seed}", 15, 0.1, 64,
-                      exemplars_per_class=20, train_per_class=1000),
+                      exemplars_per_class=20, train_per_class=500),
     "fashion-b6": Preset("fashion-mnist", 6, 2, "seed:{seed}", 15, 0.1, 64,
-                         exemplars_per_class=20, train_per_class=1000),
+                         exemplars_per_class=20, train_per_class=500),
     # M2KD Section 4: CIFAR-100 in class batches of 5, 10 and 20, top-1.
     **{f"m2kd-cifar100-{b}": Preset("cifar100", b, b, "seed:{seed}", 80, 2.0, arch="resnet32",
                                     recipe="paper")
