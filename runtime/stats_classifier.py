@@ -10,6 +10,15 @@ class mean under the class's own shrunk, correlation-normalised covariance:
 
 V1 is the mean of the diagonal, V2 the mean of the off-diagonal entries, g1 = g2 = 1.
 Deviation: the public avalanche version applies the shrinkage twice; we apply Eq. 9 once.
+
+Scores are returned as `-d^2 / E`, where E is the mean over classes of a class's
+expected squared distance to its own mean (tr(P_c Sigma_c) / |mu_c|^2, the L2
+normalisation taken as a division by the mean's norm; on MNIST 0.0132 predicted, 0.0146
+measured on test images): distances in units of the typical within-class distance, so a
+class's own images score about -1 and softmax probabilities are informative (raw d^2
+gave near-uniform ones; the full Gaussian log-likelihood, 0.5 * D / E, gave 1.0 for
+every image). FeCAM ranks by d^2 alone; one positive factor for all classes leaves
+every argmax, and so every accuracy, unchanged.
 Precisions are computed in float64 once, when the classifier is built, so inference is a
 batched quadratic form that exports to ONNX as plain MatMul/Mul/ReduceSum.
 """
@@ -45,6 +54,14 @@ def fecam_precisions(stats: ClassStats, g1: float = 1.0, g2: float = 1.0) -> tor
     return torch.linalg.pinv(cov, hermitian=True).float()
 
 
+def likelihood_scale(stats: ClassStats, precisions: torch.Tensor) -> float:
+    """1 / E (see the module docstring); float32 like every other buffer."""
+    cov = stats.covariances().double()
+    norms = stats.mean.double().pow(2).sum(1).clamp(min=VARIANCE_FLOOR)
+    expected = torch.einsum("cde,ced->c", precisions.double(), cov) / norms
+    return float(1.0 / expected.mean().clamp(min=VARIANCE_FLOOR))
+
+
 class FeCAM(nn.Module):
     """Scores (N, n_classes) = minus squared Mahalanobis distances."""
 
@@ -53,9 +70,10 @@ class FeCAM(nn.Module):
         self.beta = beta
         self.register_buffer("means", F.normalize(stats.mean, dim=1))
         self.register_buffer("precisions", fecam_precisions(stats, g1, g2))
+        self.register_buffer("scale", torch.tensor(likelihood_scale(stats, self.precisions)))
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         z = F.normalize(tukey(features, self.beta), dim=1)
         diff = z[:, None, :] - self.means[None]  # (N, C, D)
         left = torch.einsum("ncd,cde->nce", diff, self.precisions)
-        return -(left * diff).sum(-1)
+        return -(left * diff).sum(-1) * self.scale
