@@ -66,7 +66,7 @@ def build_classifier(bundle: Bundle, step: int) -> nn.Module | None:
     if spec.get("kind") != "fecam" or spec.get("space") != "base":
         raise BundleFormatError(f"unknown classifier {spec!r} in the bundle metadata")
     return FeCAM(stats_up_to(bundle, step, "base"), float(spec["beta"]), float(spec["g1"]),
-                 float(spec["g2"]))
+                 float(spec["g2"]), scale_classes=len(bundle.steps[0].classes))
 
 
 class StepScorer(nn.Module):

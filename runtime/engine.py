@@ -180,6 +180,10 @@ def run_step(previous: Bundle | None, data: StepData, new_classes: list[str], me
     config.validate()
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
+    # Pruned and decayed weights drift into denormal floats, which x86 CPUs compute up to
+    # 5x slower (digits, 720 images x 12 epochs: 89 s vs 18 s, same losses). Flushing them
+    # to zero changes nothing above 1e-38; the probes' tolerance is 1e-5.
+    torch.set_flush_denormal(True)
     ctx = _make_context(previous, data, new_classes, config, device, arch, input_spec,
                         snapshots)
     _check_data(ctx, method)

@@ -11,7 +11,8 @@ class mean under the class's own shrunk, correlation-normalised covariance:
 V1 is the mean of the diagonal, V2 the mean of the off-diagonal entries, g1 = g2 = 1.
 Deviation: the public avalanche version applies the shrinkage twice; we apply Eq. 9 once.
 
-Scores are returned as `-d^2 / E`, where E is the mean over classes of a class's
+Scores are returned as `-d^2 / E`, where E is the mean over the base step's classes
+(present in every step, so every step and every graph uses the same E) of a class's
 expected squared distance to its own mean (tr(P_c Sigma_c) / |mu_c|^2, the L2
 normalisation taken as a division by the mean's norm; on MNIST 0.0132 predicted, 0.0146
 measured on test images): distances in units of the typical within-class distance, so a
@@ -54,23 +55,26 @@ def fecam_precisions(stats: ClassStats, g1: float = 1.0, g2: float = 1.0) -> tor
     return torch.linalg.pinv(cov, hermitian=True).float()
 
 
-def likelihood_scale(stats: ClassStats, precisions: torch.Tensor) -> float:
-    """1 / E (see the module docstring); float32 like every other buffer."""
-    cov = stats.covariances().double()
-    norms = stats.mean.double().pow(2).sum(1).clamp(min=VARIANCE_FLOOR)
-    expected = torch.einsum("cde,ced->c", precisions.double(), cov) / norms
+def distance_scale(stats: ClassStats, precisions: torch.Tensor, n_classes: int) -> float:
+    """1 / E over the first `n_classes` classes (see the module docstring)."""
+    cov = stats.covariances()[:n_classes].double()
+    norms = stats.mean[:n_classes].double().pow(2).sum(1).clamp(min=VARIANCE_FLOOR)
+    expected = torch.einsum("cde,ced->c", precisions[:n_classes].double(), cov) / norms
     return float(1.0 / expected.mean().clamp(min=VARIANCE_FLOOR))
 
 
 class FeCAM(nn.Module):
     """Scores (N, n_classes) = minus squared Mahalanobis distances."""
 
-    def __init__(self, stats: ClassStats, beta: float, g1: float = 1.0, g2: float = 1.0):
+    def __init__(self, stats: ClassStats, beta: float, g1: float = 1.0, g2: float = 1.0,
+                 scale_classes: int | None = None):
+        """`scale_classes`: how many leading classes set the distance unit (default all)."""
         super().__init__()
         self.beta = beta
         self.register_buffer("means", F.normalize(stats.mean, dim=1))
         self.register_buffer("precisions", fecam_precisions(stats, g1, g2))
-        self.register_buffer("scale", torch.tensor(likelihood_scale(stats, self.precisions)))
+        n = len(stats) if scale_classes is None else scale_classes
+        self.register_buffer("scale", torch.tensor(distance_scale(stats, self.precisions, n)))
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         z = F.normalize(tukey(features, self.beta), dim=1)
