@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .bundle import PARTS, bytes_by_part, load_bundle, snapshot_bytes
+from .classifier import describe_classifier
 
 
 def bundle_report(path: Path) -> dict:
@@ -25,6 +26,7 @@ def bundle_report(path: Path) -> dict:
                  f"{bundle.input_spec.width}",
         "method": bundle.method.get("name"),
         "checksum": bundle.checksum(),
+        "classifier": bundle.classifier,
         "steps": [{"step": k, "classes": rec.classes}
                   for k, rec in enumerate(bundle.steps, start=1)],
         "bytes_by_part": sizes,
@@ -40,7 +42,8 @@ def _mb(n: int) -> str:
 
 def format_report(r: dict) -> str:
     lines = [f"{r['path']}: {r['arch']}, input {r['input']}, method {r['method']}, "
-             f"{len(r['steps'])} steps", f"checksum {r['checksum']}", "", "step  classes"]
+             f"{len(r['steps'])} steps", f"checksum {r['checksum']}",
+             f"classifier: {describe_classifier(r['classifier'])}", "", "step  classes"]
     lines += [f"{s['step']:>4}  {', '.join(s['classes'])}" for s in r["steps"]]
     lines += ["", "bytes by part"]
     lines += [f"  {part:<10}{_mb(r['bytes_by_part'][part])}" for part in PARTS]
