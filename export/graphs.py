@@ -23,7 +23,7 @@ from torch import nn
 from m2kd.runtime.backbones import BasicBlock, ResNet
 from m2kd.runtime.bundle import Bundle
 from m2kd.runtime.classifier import build_classifier, feature_step
-from m2kd.runtime.reconstruct import model_of_step
+from m2kd.runtime.reconstruct import check_step, model_of_step
 
 BN_EPS = 1e-5
 
@@ -70,7 +70,7 @@ class StepGraph(nn.Module):
     def __init__(self, bundle: Bundle, step: int, preprocess: bool = False, fp16: bool = False):
         super().__init__()
         dtype = torch.float16 if fp16 else torch.float32
-        model_of_step(bundle, step)  # validates the step
+        check_step(bundle, step)
         self.model = fold_batchnorm(model_of_step(bundle, feature_step(bundle, step))).to(dtype)
         self.classifier = build_classifier(bundle, step)  # fp32: distances need the range
         spec = bundle.input_spec

@@ -20,20 +20,19 @@ from torch import nn
 from .bundle import Bundle
 from .class_stats import TUKEY_BETA, ClassStats
 from .errors import BundleFormatError, ConfigError
-from .reconstruct import model_of_step
+from .reconstruct import check_step, model_of_step
 from .stats_classifier import FeCAM
 
-CLASSIFIER_KINDS = ("head", "fecam")
 FECAM_BASE = {"kind": "fecam", "space": "base", "beta": TUKEY_BETA, "g1": 1.0, "g2": 1.0}
 
 
 def classifier_config(kind: str) -> dict:
-    """The bundle metadata for `--classifier head|stats|fecam` ("stats" = the default one)."""
+    """The bundle metadata for `--classifier head|stats` (stats: FeCAM in the base space)."""
     if kind == "head":
         return {"kind": "head"}
-    if kind in ("stats", "fecam"):
+    if kind == "stats":
         return dict(FECAM_BASE)
-    raise ConfigError(f"unknown classifier {kind!r}; choose head, stats or fecam")
+    raise ConfigError(f"unknown classifier {kind!r}; choose head or stats")
 
 
 def describe_classifier(spec: dict) -> str:
@@ -88,9 +87,7 @@ def scorer_of_step(bundle: Bundle, step: int | None = None, device: str | torch.
                    snapshots: list[Bundle] | None = None) -> StepScorer:
     """`snapshots[j - 1]`: the bundle after step j, for methods that do not pack their
     steps (then only the last step rebuilds from `bundle` itself)."""
-    step = bundle.num_steps if step is None else step
-    model = model_of_step(bundle, step)  # validates the step number
-    if bundle.classifier.get("kind") != "head":
-        j = feature_step(bundle, step)
-        model = model_of_step(snapshots[j - 1] if snapshots else bundle, j)
+    step = check_step(bundle, step)
+    j = feature_step(bundle, step)
+    model = model_of_step(snapshots[j - 1] if snapshots and j != step else bundle, j)
     return StepScorer(model, build_classifier(bundle, step)).to(device).eval()

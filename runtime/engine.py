@@ -80,7 +80,7 @@ class StepConfig:
             raise ConfigError(f"amp must be 'auto' or 'off', got {self.amp!r}")
         if self.teacher_mode not in ("cache", "live"):
             raise ConfigError(f"teacher_mode must be 'cache' or 'live', got {self.teacher_mode!r}")
-        if self.classifier not in ("stats", "fecam", "head"):
+        if self.classifier not in ("stats", "head"):
             raise ConfigError(f"classifier must be 'stats' or 'head', got {self.classifier!r}")
         if self.schedule not in ("cosine", "step"):
             raise ConfigError(f"schedule must be 'cosine' or 'step', got {self.schedule!r}")
@@ -359,11 +359,16 @@ def _prune(model: nn.Module, masks: dict[str, torch.Tensor], step: int, ratio: f
     return total
 
 
+def _new_class_data(ctx: StepContext) -> tuple[torch.Tensor, torch.Tensor]:
+    """The step's images of its new classes only (exemplar methods also get old ones)."""
+    new = ctx.data.labels >= ctx.n_old
+    return ctx.data.images[new], ctx.data.labels[new]
+
+
 @torch.no_grad()
 def new_class_accuracy(ctx: StepContext) -> float:
     """Top-1 (head, all seen classes) of the trained model on the step's new-class images."""
-    new = ctx.data.labels >= ctx.n_old
-    images, labels = ctx.data.images[new], ctx.data.labels[new]
+    images, labels = _new_class_data(ctx)
     ctx.model.eval()
     predicted = run_in_batches(lambda x: ctx.model(x).logits.argmax(1), images, ctx.device)
     ctx.model.train()
@@ -374,8 +379,7 @@ def new_class_accuracy(ctx: StepContext) -> float:
 def new_class_statistics(ctx: StepContext) -> dict[str, ClassStats]:
     """Statistics of the new classes, from their own images only, in the base snapshot's
     space and in this step's own space (docs/design.md, "Class statistics")."""
-    new = ctx.data.labels >= ctx.n_old
-    images, labels = ctx.data.images[new], ctx.data.labels[new]
+    images, labels = _new_class_data(ctx)
     classes = list(range(ctx.n_old, ctx.n_seen))
     base = ctx.model if ctx.step == 1 else ctx.teacher_model(1)
     stats = {"base": statistics_of(pooled_features(base, images, ctx.device), labels, classes)}

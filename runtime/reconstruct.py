@@ -14,15 +14,21 @@ from .owner_masks import visible
 PROBE_TOLERANCE = 1e-5  # invariant 2: fp32 max abs diff
 
 
+def check_step(bundle: Bundle, step: int | None) -> int:
+    """`step` (None: the last) if the bundle has it, else a ConfigError naming the range."""
+    step = bundle.num_steps if step is None else step
+    if not 1 <= step <= bundle.num_steps:
+        raise ConfigError(f"step {step} does not exist; the bundle has steps 1..{bundle.num_steps}")
+    return step
+
+
 def model_of_step(bundle: Bundle, step: int | None = None, device: str | torch.device = "cpu"
                   ) -> ResNet:
     """Backbone weights `W * (1 <= M <= step)`, BatchNorm and heads of `step`; in eval mode.
 
     `step=None` means the last step, the one inference uses.
     """
-    step = bundle.num_steps if step is None else step
-    if not 1 <= step <= bundle.num_steps:
-        raise ConfigError(f"step {step} does not exist; the bundle has steps 1..{bundle.num_steps}")
+    step = check_step(bundle, step)
     record = bundle.steps[step - 1]
     model = create_backbone(bundle.arch, len(bundle.classes_up_to(step)),
                             bundle.input_spec.channels)

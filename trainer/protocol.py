@@ -107,17 +107,19 @@ def run_protocol(dataset: Dataset, protocol: Protocol, method_name: str, config:
             memory.update(model, new.images, new.labels, [head_index[c] for c in classes],
                           device)
         test = step_data(dataset.test_images, dataset.test_labels, seen, head_index)
+        head_logits = predict_logits(model, test.images, device)
         if spec.nme:
             logits = memory.nme_scores(model, test.images, len(seen), device)
         elif hasattr(method, "scores"):
             logits = method.scores(model, test.images, device)
+        elif bundle.classifier["kind"] == "head":
+            logits = head_logits
         else:
             scorer = scorer_of_step(bundle, k, device, None if packing else snapshots)
             logits = run_in_batches(scorer, test.images, device)
         row = {"step": k, "classes": names,
                **step_metrics(logits, test.labels, bundle.step_of_class()),
-               "head_top1": topk_accuracy(predict_logits(model, test.images, device),
-                                          test.labels, 1),
+               "head_top1": topk_accuracy(head_logits, test.labels, 1),
                "train": report.to_dict()}
         rows.append(row)
         log(format_row(row))
