@@ -11,6 +11,9 @@ class after each step with FeCAM built from class statistics in different spaces
              (no transport; scores of different classes come from different spaces);
 - oracle:    statistics of every class recomputed in the last snapshot from its own
              images (NOT exemplar-free: the ceiling if statistics never went stale);
+- lda:       linear discriminant (shared shrunk covariance) on base-space statistics;
+- pseudo:    softmax head fitted on balanced Gaussian pseudo-features of base-space statistics;
+- base+lda:  FeCAM base scores + LDA log-odds;
 - head:      the bundle's sigmoid head.
 
     python benchmarks/classifier_spaces.py --dataset mnist5k --base-classes 2 --seeds 0,1,2
@@ -27,13 +30,15 @@ import torch
 from m2kd.runtime.bundle import load_bundle
 from m2kd.runtime.class_stats import ClassStats, pack, pooled_features, statistics_of, tukey
 from m2kd.runtime.engine import StepConfig
+from m2kd.runtime.linear_from_stats import LinearOnStats, lda_head, pseudo_feature_head
 from m2kd.runtime.reconstruct import model_of_step
 from m2kd.runtime.stats_classifier import FeCAM
 from m2kd.trainer.datasets import load_dataset
 from m2kd.trainer.orders import named_order
 from m2kd.trainer.protocol import Protocol, run_protocol
 
-VARIANTS = ("base", "own", "base+own", "transport", "base+transport", "oracle", "head")
+VARIANTS = ("base", "own", "base+own", "transport", "base+transport", "lda", "pseudo",
+            "base+lda", "oracle", "head")
 
 
 def ridge_map(source: torch.Tensor, target: torch.Tensor, lam: float = 1e-2) -> torch.Tensor:
@@ -71,6 +76,11 @@ def evaluate(bundle, data, order, steps) -> dict[str, list[float]]:
         base_stats = statistics_of(train_feats[0].double(), ytr, seen)
         s_base = FeCAM(base_stats, 0.5)(test_feats[0][test])
         out["base"].append(acc(s_base))
+        s_lda = LinearOnStats(*lda_head(base_stats), 0.5)(test_feats[0][test])
+        out["lda"].append(acc(s_lda))
+        out["base+lda"].append(acc(s_base + s_lda.log_softmax(1)))
+        pseudo = LinearOnStats(*pseudo_feature_head(base_stats), 0.5)
+        out["pseudo"].append(acc(pseudo(test_feats[0][test])))
         # transport: birth-space statistics moved to snapshot k by a map fitted on step k's images
         new = torch.isin(ytr, torch.tensor([head_index[c] for c in steps[k]]))
         parts = []

@@ -10,8 +10,10 @@
 Both output `logits` and `probabilities` (softmax). With `preprocess` the graph
 takes uint8 NHWC images of the bundle's HxW and normalises them itself.
 The logits are those of the bundle's classifier (runtime/classifier.py): the step's
-head, or FeCAM on the features of the snapshot the classifier reads, built from the
-stored class statistics (a quadratic form: MatMul, Mul, ReduceSum).
+head, or FeCAM on the features of the snapshots the classifier reads, built from the
+stored class statistics (a quadratic form: MatMul, Mul, ReduceSum). The all-steps graph
+scores every class of the bundle (a class's score does not depend on the step) and pads
+the classes a step does not know with -inf.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from torch import nn
 
 from m2kd.runtime.backbones import BasicBlock, ResNet
 from m2kd.runtime.bundle import Bundle
-from m2kd.runtime.classifier import build_classifier, feature_step
+from m2kd.runtime.classifier import build_classifier, feature_steps
 from m2kd.runtime.reconstruct import check_step, model_of_step
 
 BN_EPS = 1e-5
@@ -71,7 +73,8 @@ class StepGraph(nn.Module):
         super().__init__()
         dtype = torch.float16 if fp16 else torch.float32
         check_step(bundle, step)
-        self.model = fold_batchnorm(model_of_step(bundle, feature_step(bundle, step))).to(dtype)
+        self.models = nn.ModuleList(fold_batchnorm(model_of_step(bundle, j)).to(dtype)
+                                    for j in feature_steps(bundle, step))
         self.classifier = build_classifier(bundle, step)  # fp32: distances need the range
         spec = bundle.input_spec
         self.pre = Preprocess(spec.mean, spec.std, dtype) if preprocess else None
@@ -79,9 +82,10 @@ class StepGraph(nn.Module):
 
     def forward(self, x: torch.Tensor):
         x = self.pre(x) if self.pre is not None else x.to(self.dtype)
-        out = self.model(x)
-        logits = out.logits.float() if self.classifier is None \
-            else self.classifier(out.features.float())
+        if self.classifier is None:
+            logits = self.models[0](x).logits.float()
+        else:
+            logits = self.classifier([m(x).features.float() for m in self.models])
         return logits, torch.softmax(logits, dim=1)
 
 
@@ -116,7 +120,8 @@ class AllStepsGraph(nn.Module):
         # A statistics classifier scores every class of the bundle; a step's unknown
         # classes get -inf from `class_pad`, as the head's padding does.
         self.classifier = build_classifier(bundle, bundle.num_steps)
-        self.feature_step = None if self.classifier is None else feature_step(bundle, 1)
+        self.feature_steps = [] if self.classifier is None \
+            else feature_steps(bundle, bundle.num_steps)
         pad = torch.where(torch.isfinite(head_b), 0.0, float("-inf"))
         self.register_buffer("class_pad", pad)
         spec = bundle.input_spec
@@ -150,9 +155,9 @@ class AllStepsGraph(nn.Module):
     def forward(self, x: torch.Tensor, step: torch.Tensor):
         x = self.pre(x) if self.pre is not None else x
         idx = self._index(step)
-        if self.classifier is not None:  # features of a fixed snapshot; the step picks classes
-            features = self._features(x, torch.full_like(step, self.feature_step),
-                                      torch.full_like(idx, self.feature_step - 1))
+        if self.classifier is not None:  # features of fixed snapshots; the step picks classes
+            features = [self._features(x, torch.full_like(step, j), torch.full_like(idx, j - 1))
+                        for j in self.feature_steps]
             logits = self.classifier(features) + self.class_pad.index_select(0, idx)[0]
             valid = torch.isfinite(self.class_pad.index_select(0, idx)[0])
             return logits, torch.softmax(logits, dim=1), valid

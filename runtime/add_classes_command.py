@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from .classifier_option import classifier_option
+
 
 def _pct(v) -> str:
     return "  -  " if v is None else f"{100 * v:5.1f}"
@@ -25,9 +27,7 @@ def _pct(v) -> str:
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1))
 @click.option("--lr", default=0.1, show_default=True, type=click.FloatRange(min=0,
               min_open=True))
-@click.option("--classifier", type=click.Choice(["stats", "head"]), default="stats",
-              show_default=True, help="stats: FeCAM on class statistics (needs a v2 bundle); "
-              "head: the sigmoid head.")
+@classifier_option
 @click.option("--prune-ratio", default=0.75, show_default=True,
               type=click.FloatRange(0, 1, max_open=True))
 @click.option("--augment", type=click.Choice(["flip", "none"]), default="none",

@@ -3,10 +3,18 @@
 The bundle's `classifier` metadata says which:
 
 - `{"kind": "head"}`: the step's head on the step's own features (v1 bundles, the paper);
-- `{"kind": "fecam", "space": "base", "beta", "g1", "g2"}`: FeCAM (runtime/stats_classifier.py)
-  on the features of snapshot 1, rebuilt exactly from the bundle, with the class
-  statistics every step stored in that space. Statistics in an exact snapshot never go
-  stale; docs/methods.md records the measurement that chose this default.
+- `{"kind": "fecam", "space": "base+own", "beta", "g1", "g2"}` (`--classifier stats`, the
+  default): the sum of two FeCAM scores (runtime/stats_classifier.py) per class, one on
+  the features of snapshot 1 with every class's statistics in that space, one on the
+  features of the class's own snapshot (the step that learned it) with its statistics
+  there. Both snapshots are rebuilt exactly from the bundle, so no statistic goes stale;
+  a step k scorer runs snapshots 1..k (k forward passes);
+- `{"kind": "fecam", "space": "base", ...}` (`--classifier stats-base`): the first term
+  alone; one forward pass of snapshot 1, the cost of a plain model.
+
+docs/methods.md records the measurement that chose the default (SEED-style combination of
+per-snapshot scores; FeCAM's distances are in units of each space's typical
+within-class distance, which makes the scores of different spaces comparable).
 
 `scorer_of_step(bundle, k)` returns a module mapping normalised images to scores
 (N, classes of steps 1..k): the logits of inference, the ONNX graphs and the server.
@@ -19,68 +27,113 @@ from torch import nn
 
 from .bundle import Bundle
 from .class_stats import TUKEY_BETA, ClassStats
+from .classifier_option import CLASSIFIERS
 from .errors import BundleFormatError, ConfigError
 from .reconstruct import check_step, model_of_step
 from .stats_classifier import FeCAM
 
-FECAM_BASE = {"kind": "fecam", "space": "base", "beta": TUKEY_BETA, "g1": 1.0, "g2": 1.0}
+SPACES = ("base", "base+own")
 
 
 def classifier_config(kind: str) -> dict:
-    """The bundle metadata for `--classifier head|stats` (stats: FeCAM in the base space)."""
+    """The bundle metadata for `--classifier stats|stats-base|head`."""
     if kind == "head":
         return {"kind": "head"}
-    if kind == "stats":
-        return dict(FECAM_BASE)
-    raise ConfigError(f"unknown classifier {kind!r}; choose head or stats")
+    if kind in ("stats", "stats-base"):
+        space = "base+own" if kind == "stats" else "base"
+        return {"kind": "fecam", "space": space, "beta": TUKEY_BETA, "g1": 1.0, "g2": 1.0}
+    raise ConfigError(f"unknown classifier {kind!r}; choose {', '.join(CLASSIFIERS)}")
 
 
 def describe_classifier(spec: dict) -> str:
     if spec.get("kind") == "head":
         return "the sigmoid head of the last step"
+    if spec.get("space") == "base+own":
+        return (f"{spec.get('kind')} on class statistics in the base snapshot's space plus "
+                "each class's own snapshot's space")
     return f"{spec.get('kind')} on class statistics in the {spec.get('space')} snapshot's space"
 
 
-def feature_step(bundle: Bundle, step: int) -> int:
-    """The snapshot whose features the classifier of `step` reads."""
-    return 1 if bundle.classifier.get("kind") == "fecam" else step
+def feature_steps(bundle: Bundle, step: int) -> list[int]:
+    """The snapshots whose features the classifier of `step` reads, in the order it takes them."""
+    spec = bundle.classifier
+    if spec.get("kind") != "fecam":
+        return [step]
+    return [1] if spec.get("space") == "base" else list(range(1, step + 1))
 
 
 def stats_up_to(bundle: Bundle, step: int, space: str = "base") -> ClassStats:
     """Statistics of every class of steps 1..step in `space`, in head order."""
-    parts = []
-    for k, rec in enumerate(bundle.steps[:step], start=1):
-        if space not in rec.stats:
-            raise BundleFormatError(f"step {k} has no class statistics in space {space!r}; "
-                                    "this bundle can only classify with its head")
-        parts.append(rec.stats[space])
-    return ClassStats.concat(parts)
+    return ClassStats.concat([own_stats(bundle, k, space) for k in range(1, step + 1)])
+
+
+def own_stats(bundle: Bundle, k: int, space: str = "own") -> ClassStats:
+    """Statistics of the classes step k learned, in `space` ("own" of step 1 is "base")."""
+    space = "base" if space == "own" and k == 1 else space
+    stats = bundle.steps[k - 1].stats
+    if space not in stats:
+        raise BundleFormatError(f"step {k} has no class statistics in space {space!r}; "
+                                "this bundle can only classify with its head")
+    return stats[space]
+
+
+class BaseOwnFeCAM(nn.Module):
+    """FeCAM in the base space for every class + FeCAM in each class's own space.
+
+    Takes the features of snapshots 1..k; each own-space FeCAM sets its distance unit
+    from its own classes, so every term is in units of its space's within-class distance.
+    """
+
+    def __init__(self, base: FeCAM, own: list[FeCAM]):
+        super().__init__()
+        self.base = base
+        self.own = nn.ModuleList(own)
+
+    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
+        own = torch.cat([fecam(f) for fecam, f in zip(self.own, features)], dim=1)
+        return self.base(features[0]) + own
+
+
+class BaseFeCAM(nn.Module):
+    """FeCAM on the features of snapshot 1 (a list of one feature tensor)."""
+
+    def __init__(self, fecam: FeCAM):
+        super().__init__()
+        self.fecam = fecam
+
+    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
+        return self.fecam(features[0])
 
 
 def build_classifier(bundle: Bundle, step: int) -> nn.Module | None:
-    """The statistics classifier of `step`, or None when the head classifies."""
+    """The statistics classifier of `step` (taking `feature_steps`' features), or None when
+    the head classifies."""
     spec = bundle.classifier
     if spec.get("kind") == "head":
         return None
-    if spec.get("kind") != "fecam" or spec.get("space") != "base":
+    if spec.get("kind") != "fecam" or spec.get("space") not in SPACES:
         raise BundleFormatError(f"unknown classifier {spec!r} in the bundle metadata")
-    return FeCAM(stats_up_to(bundle, step, "base"), float(spec["beta"]), float(spec["g1"]),
-                 float(spec["g2"]), scale_classes=len(bundle.steps[0].classes))
+    beta, g1, g2 = float(spec["beta"]), float(spec["g1"]), float(spec["g2"])
+    base = FeCAM(stats_up_to(bundle, step, "base"), beta, g1, g2,
+                 scale_classes=len(bundle.steps[0].classes))
+    if spec["space"] == "base":
+        return BaseFeCAM(base)
+    own = [FeCAM(own_stats(bundle, k), beta, g1, g2) for k in range(1, step + 1)]
+    return BaseOwnFeCAM(base, own)
 
 
 class StepScorer(nn.Module):
     """Normalised images -> scores over the classes of one step."""
 
-    def __init__(self, model: nn.Module, classifier: nn.Module | None):
+    def __init__(self, models: list[nn.Module], classifier: nn.Module | None):
         super().__init__()
-        self.model = model
+        self.models = nn.ModuleList(models)
         self.classifier = classifier
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.model(x)
         if self.classifier is None:
-            return out.logits
-        return self.classifier(out.features.float())
+            return self.models[0](x).logits
+        return self.classifier([m(x).features.float() for m in self.models])
 
 
 def scorer_of_step(bundle: Bundle, step: int | None = None, device: str | torch.device = "cpu",
@@ -88,6 +141,6 @@ def scorer_of_step(bundle: Bundle, step: int | None = None, device: str | torch.
     """`snapshots[j - 1]`: the bundle after step j, for methods that do not pack their
     steps (then only the last step rebuilds from `bundle` itself)."""
     step = check_step(bundle, step)
-    j = feature_step(bundle, step)
-    model = model_of_step(snapshots[j - 1] if snapshots and j != step else bundle, j)
-    return StepScorer(model, build_classifier(bundle, step)).to(device).eval()
+    models = [model_of_step(snapshots[j - 1] if snapshots and j != step else bundle, j)
+              for j in feature_steps(bundle, step)]
+    return StepScorer(models, build_classifier(bundle, step)).to(device).eval()

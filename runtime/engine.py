@@ -30,7 +30,7 @@ from .bundle import MAX_STEPS, Bundle, InputSpec, StepRecord, make_probe_input
 from .devices import resolve_device
 from .errors import ConfigError, DataError, InvariantError
 from .class_stats import ClassStats, pooled_features, statistics_of
-from .classifier import classifier_config
+from .classifier import CLASSIFIERS, classifier_config
 from .inference import run_in_batches
 from .losses import REDUCTIONS
 from .owner_masks import PruneStats, empty_masks, prune_free_weights
@@ -59,8 +59,9 @@ class StepConfig:
     finetune_epochs: int | None = None  # None: epochs // 2
     augment: str = "flip"  # "flip" or "none"; both are finite, so teachers are cached
     teacher_mode: str = "cache"  # "cache" (once per step) or "live" (per batch)
-    # How the bundle classifies: "stats" (FeCAM on class statistics, runtime/classifier.py)
-    # or "head" (the paper's sigmoid head). Statistics are stored either way.
+    # How the bundle classifies: "stats" (FeCAM on class statistics in the base and each
+    # class's own snapshot, runtime/classifier.py), "stats-base" (base snapshot only: one
+    # forward pass) or "head" (the paper's sigmoid head). Statistics are stored either way.
     classifier: str = "stats"
     device: str = "auto"
     # bf16 autocast of the forward pass and losses on CUDA ("auto": when the GPU supports
@@ -80,8 +81,9 @@ class StepConfig:
             raise ConfigError(f"amp must be 'auto' or 'off', got {self.amp!r}")
         if self.teacher_mode not in ("cache", "live"):
             raise ConfigError(f"teacher_mode must be 'cache' or 'live', got {self.teacher_mode!r}")
-        if self.classifier not in ("stats", "head"):
-            raise ConfigError(f"classifier must be 'stats' or 'head', got {self.classifier!r}")
+        if self.classifier not in CLASSIFIERS:
+            raise ConfigError(f"classifier must be one of {', '.join(CLASSIFIERS)}, "
+                              f"got {self.classifier!r}")
         if self.schedule not in ("cosine", "step"):
             raise ConfigError(f"schedule must be 'cosine' or 'step', got {self.schedule!r}")
         if self.loss_reduction not in REDUCTIONS:

@@ -12,7 +12,7 @@ from m2kd.runtime.api import Runtime
 from m2kd.runtime.bundle import load_bundle, read_metadata, save_bundle
 from m2kd.runtime.class_stats import ClassStats, pack, pooled_features, statistics_of, tukey, \
     unpack
-from m2kd.runtime.classifier import scorer_of_step, stats_up_to
+from m2kd.runtime.classifier import classifier_config, scorer_of_step, stats_up_to
 from m2kd.runtime.errors import BundleFormatError
 from m2kd.runtime.reconstruct import check_probes, model_of_step
 from m2kd.runtime.stats_classifier import FeCAM, shrink
@@ -80,17 +80,49 @@ def test_statistics_come_from_the_new_classes_images_only(three_step_bundle, dig
         assert ("own" in rec.stats) == (k > 1)
 
 
+def test_own_space_statistics_are_those_of_the_exact_snapshot(three_step_bundle, digits):
+    """Step k's own-space statistics, recomputed in snapshot k rebuilt from the final bundle."""
+    final = three_step_bundle[-1]
+    for k, (_, data) in enumerate(steps_of(digits, 3)[1:], start=2):
+        new = [i for i, c in enumerate(final.classes) if c in final.steps[k - 1].classes]
+        feats = pooled_features(model_of_step(final, k), data.images, "cpu")
+        again = statistics_of(feats, data.labels, new)
+        stored = final.steps[k - 1].stats["own"]
+        assert (stored.mean - again.mean).abs().max() <= 1e-5
+        assert (stored.cov - again.cov).abs().max() <= 1e-5
+
+
+def _by_hand(bundle, x, step):
+    """FeCAM in the base space for every class + FeCAM in each class's own space."""
+    base = FeCAM(stats_up_to(bundle, step), 0.5, scale_classes=len(bundle.steps[0].classes))
+    scores = base(model_of_step(bundle, 1)(x).features)
+    own = [FeCAM(rec.stats["own" if k > 1 else "base"], 0.5)(model_of_step(bundle, k)(x).features)
+           for k, rec in enumerate(bundle.steps[:step], start=1)]
+    return scores + torch.cat(own, 1)
+
+
+@torch.no_grad()
 def test_runtime_predicts_with_the_statistics_classifier(three_step_bundle, digits):
     bundle = three_step_bundle[-1]
-    assert bundle.classifier["kind"] == "fecam"
+    assert bundle.classifier["space"] == "base+own"
     x = digits.test_images[:16]
-    expected = FeCAM(stats_up_to(bundle, 3), 0.5)(
-        model_of_step(bundle, 1)(x).features).argmax(1)
+    expected = _by_hand(bundle, x, 3).argmax(1)
     runtime = Runtime(bundle, device="cpu")
     predicted = [p.labels[0] for p in runtime.predict(x, top_k=1)]
     assert predicted == [bundle.classes[i] for i in expected.tolist()]
-    with torch.no_grad():
-        assert scorer_of_step(bundle, 2)(x).shape == (16, 4)
+    assert torch.allclose(scorer_of_step(bundle, 2)(x), _by_hand(bundle, x, 2), atol=1e-4)
+
+
+@torch.no_grad()
+def test_stats_base_reads_the_base_snapshot_only(three_step_bundle, digits):
+    bundle = copy.copy(three_step_bundle[-1])
+    bundle.classifier = classifier_config("stats-base")
+    x = digits.test_images[:16]
+    scorer = scorer_of_step(bundle, 3)
+    assert len(scorer.models) == 1
+    expected = FeCAM(stats_up_to(bundle, 3), 0.5, scale_classes=2)(
+        model_of_step(bundle, 1)(x).features)
+    assert torch.allclose(scorer(x), expected, atol=1e-5)
 
 
 def test_golden_v2_bundle_loads_verifies_and_classifies():

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from m2kd.runtime.classifier_option import classifier_option
+
 from m2kd.runtime.engine import StepConfig
 
 _DEFAULTS = StepConfig()
@@ -44,9 +46,7 @@ _DEFAULTS = StepConfig()
               help="Share of the free weights zeroed after each step.")
 @click.option("--augment", type=click.Choice(["auto", "flip", "none"]), default="auto",
               show_default=True, help="auto: flip for natural images, none for digits.")
-@click.option("--classifier", type=click.Choice(["stats", "head"]), default="stats",
-              show_default=True, help="stats: FeCAM on class statistics in the base snapshot; "
-              "head: the sigmoid head (the papers').")
+@classifier_option
 @click.option("--exemplars-per-class", default=20, show_default=True,
               type=click.IntRange(min=1), help="Memory of exemplar methods (icarl, ...).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
