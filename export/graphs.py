@@ -24,7 +24,8 @@ from torch import nn
 
 from m2kd.runtime.backbones import BasicBlock, ResNet
 from m2kd.runtime.bundle import Bundle
-from m2kd.runtime.classifier import build_classifier, feature_steps
+from m2kd.runtime.class_stats import tukey
+from m2kd.runtime.classifier import LINEAR_KINDS, build_classifier, feature_steps
 from m2kd.runtime.reconstruct import check_step, model_of_step
 
 BN_EPS = 1e-5
@@ -89,6 +90,18 @@ class StepGraph(nn.Module):
         return logits, torch.softmax(logits, dim=1)
 
 
+def _stacked_linear_heads(bundle: Bundle, n_max: int):
+    """(beta, W (K, n_max, D), b (K, n_max)) of each step's statistics-fitted linear head;
+    a step's unknown classes get weight 0 and bias -inf."""
+    heads = [build_classifier(bundle, k).classifier for k in range(1, bundle.num_steps + 1)]
+    weight = torch.zeros(bundle.num_steps, n_max, heads[0].weight.shape[1])
+    bias = torch.full((bundle.num_steps, n_max), float("-inf"))
+    for k, head in enumerate(heads):
+        weight[k, :len(head.bias)] = head.weight
+        bias[k, :len(head.bias)] = head.bias
+    return heads[0].beta, weight, bias
+
+
 class AllStepsGraph(nn.Module):
     """Every step in one graph; `step` picks the model at run time.
 
@@ -122,6 +135,13 @@ class AllStepsGraph(nn.Module):
         self.classifier = build_classifier(bundle, bundle.num_steps)
         self.feature_steps = [] if self.classifier is None \
             else feature_steps(bundle, bundle.num_steps)
+        # A linear head fitted on statistics (LDA, pseudo-features) depends on the set of
+        # classes: one per step, stacked and padded like the heads.
+        self.linear = bundle.classifier.get("kind") in LINEAR_KINDS
+        if self.linear:
+            self.beta, lin_w, lin_b = _stacked_linear_heads(bundle, n_max)
+            self.register_buffer("lin_w", lin_w)
+            self.register_buffer("lin_b", lin_b)
         pad = torch.where(torch.isfinite(head_b), 0.0, float("-inf"))
         self.register_buffer("class_pad", pad)
         spec = bundle.input_spec
@@ -155,6 +175,12 @@ class AllStepsGraph(nn.Module):
     def forward(self, x: torch.Tensor, step: torch.Tensor):
         x = self.pre(x) if self.pre is not None else x
         idx = self._index(step)
+        if self.linear:
+            features = tukey(self._features(x, torch.ones_like(step), torch.zeros_like(idx)),
+                             self.beta)
+            bias = self.lin_b.index_select(0, idx)[0]
+            logits = features @ self.lin_w.index_select(0, idx)[0].t() + bias
+            return logits, torch.softmax(logits, dim=1), torch.isfinite(bias)
         if self.classifier is not None:  # features of fixed snapshots; the step picks classes
             features = [self._features(x, torch.full_like(step, j), torch.full_like(idx, j - 1))
                         for j in self.feature_steps]

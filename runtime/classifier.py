@@ -10,7 +10,10 @@ The bundle's `classifier` metadata says which:
   there. Both snapshots are rebuilt exactly from the bundle, so no statistic goes stale;
   a step k scorer runs snapshots 1..k (k forward passes);
 - `{"kind": "fecam", "space": "base", ...}` (`--classifier stats-base`): the first term
-  alone; one forward pass of snapshot 1, the cost of a plain model.
+  alone; one forward pass of snapshot 1, the cost of a plain model;
+- `{"kind": "lda" | "pseudo", "space": "base", ...}`: a linear head on snapshot 1's
+  features computed from the statistics when the bundle loads (runtime/linear_from_stats.py):
+  closed-form LDA, or softmax fitted on balanced Gaussian pseudo-features. One pass.
 
 docs/methods.md records the measurement that chose the default (SEED-style combination of
 per-snapshot scores; FeCAM's distances are in units of each space's typical
@@ -29,16 +32,23 @@ from .bundle import Bundle
 from .class_stats import TUKEY_BETA, ClassStats
 from .classifier_option import CLASSIFIERS
 from .errors import BundleFormatError, ConfigError
+from .linear_from_stats import LinearOnStats, lda_head, pseudo_feature_head
 from .reconstruct import check_step, model_of_step
 from .stats_classifier import FeCAM
 
 SPACES = ("base", "base+own")
+LINEAR_KINDS = ("lda", "pseudo")  # a linear head on snapshot 1, fitted per step
 
 
 def classifier_config(kind: str) -> dict:
-    """The bundle metadata for `--classifier stats|stats-base|head`."""
+    """The bundle metadata for `--classifier` (runtime/classifier_option.py)."""
     if kind == "head":
         return {"kind": "head"}
+    if kind == "lda":
+        return {"kind": "lda", "space": "base", "beta": TUKEY_BETA, "shrinkage": 1.0}
+    if kind == "pseudo":
+        return {"kind": "pseudo", "space": "base", "beta": TUKEY_BETA, "per_class": 256,
+                "seed": 0}
     if kind in ("stats", "stats-base"):
         space = "base+own" if kind == "stats" else "base"
         return {"kind": "fecam", "space": space, "beta": TUKEY_BETA, "g1": 1.0, "g2": 1.0}
@@ -48,6 +58,9 @@ def classifier_config(kind: str) -> dict:
 def describe_classifier(spec: dict) -> str:
     if spec.get("kind") == "head":
         return "the sigmoid head of the last step"
+    if spec.get("kind") in ("lda", "pseudo"):
+        what = "LDA" if spec["kind"] == "lda" else "a softmax head fitted on pseudo-features"
+        return f"{what} from class statistics in the base snapshot's space"
     if spec.get("space") == "base+own":
         return (f"{spec.get('kind')} on class statistics in the base snapshot's space plus "
                 "each class's own snapshot's space")
@@ -57,9 +70,9 @@ def describe_classifier(spec: dict) -> str:
 def feature_steps(bundle: Bundle, step: int) -> list[int]:
     """The snapshots whose features the classifier of `step` reads, in the order it takes them."""
     spec = bundle.classifier
-    if spec.get("kind") != "fecam":
+    if spec.get("kind") == "head":
         return [step]
-    return [1] if spec.get("space") == "base" else list(range(1, step + 1))
+    return list(range(1, step + 1)) if spec.get("space") == "base+own" else [1]
 
 
 def stats_up_to(bundle: Bundle, step: int, space: str = "base") -> ClassStats:
@@ -94,15 +107,23 @@ class BaseOwnFeCAM(nn.Module):
         return self.base(features[0]) + own
 
 
-class BaseFeCAM(nn.Module):
-    """FeCAM on the features of snapshot 1 (a list of one feature tensor)."""
+class OnBase(nn.Module):
+    """A classifier of the features of snapshot 1 (given as a list of one tensor)."""
 
-    def __init__(self, fecam: FeCAM):
+    def __init__(self, classifier: nn.Module):
         super().__init__()
-        self.fecam = fecam
+        self.classifier = classifier
 
     def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
-        return self.fecam(features[0])
+        return self.classifier(features[0])
+
+
+def _linear_on_base(spec: dict, stats: ClassStats) -> OnBase:
+    if spec["kind"] == "lda":
+        weight, bias = lda_head(stats, float(spec["shrinkage"]))
+    else:
+        weight, bias = pseudo_feature_head(stats, int(spec["per_class"]), seed=int(spec["seed"]))
+    return OnBase(LinearOnStats(weight, bias, float(spec["beta"])))
 
 
 def build_classifier(bundle: Bundle, step: int) -> nn.Module | None:
@@ -111,13 +132,15 @@ def build_classifier(bundle: Bundle, step: int) -> nn.Module | None:
     spec = bundle.classifier
     if spec.get("kind") == "head":
         return None
+    if spec.get("kind") in LINEAR_KINDS and spec.get("space") == "base":
+        return _linear_on_base(spec, stats_up_to(bundle, step, "base"))
     if spec.get("kind") != "fecam" or spec.get("space") not in SPACES:
         raise BundleFormatError(f"unknown classifier {spec!r} in the bundle metadata")
     beta, g1, g2 = float(spec["beta"]), float(spec["g1"]), float(spec["g2"])
     base = FeCAM(stats_up_to(bundle, step, "base"), beta, g1, g2,
                  scale_classes=len(bundle.steps[0].classes))
     if spec["space"] == "base":
-        return BaseFeCAM(base)
+        return OnBase(base)
     own = [FeCAM(own_stats(bundle, k), beta, g1, g2) for k in range(1, step + 1)]
     return BaseOwnFeCAM(base, own)
 

@@ -14,6 +14,8 @@ from m2kd.runtime.class_stats import ClassStats, pack, pooled_features, statisti
     unpack
 from m2kd.runtime.classifier import classifier_config, scorer_of_step, stats_up_to
 from m2kd.runtime.errors import BundleFormatError
+from m2kd.runtime.linear_from_stats import LinearOnStats, lda_head, pseudo_feature_head, \
+    pseudo_features
 from m2kd.runtime.reconstruct import check_probes, model_of_step
 from m2kd.runtime.stats_classifier import FeCAM, shrink
 
@@ -51,6 +53,37 @@ def test_fecam_prefers_the_class_whose_distribution_fits():
     fecam = FeCAM(statistics_of(feats, labels, [0, 1]), beta=0.5)
     test = torch.tensor([[1.4, 0.52], [0.52, 1.4]]).pow(2)
     assert fecam(test).argmax(1).tolist() == [0, 1]
+
+
+def _two_gaussians(n=400):
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(n, 3, generator=g) * 0.1 + torch.tensor([1.0, 0.2, 0.5])
+    b = torch.randn(n, 3, generator=g) * 0.1 + torch.tensor([0.2, 1.0, 0.5])
+    feats = torch.cat([a, b]).clamp(min=0).pow(2)  # tukey(0.5) undoes the square
+    return feats, torch.tensor([0] * n + [1] * n)
+
+
+@pytest.mark.parametrize("fit", [lda_head, pseudo_feature_head])
+def test_linear_heads_from_statistics_separate_two_gaussians(fit):
+    feats, labels = _two_gaussians()
+    head = LinearOnStats(*fit(statistics_of(feats, labels, [0, 1])), beta=0.5)
+    assert (head(feats).argmax(1) == labels).float().mean() >= 0.99
+
+
+def test_lda_is_the_closed_form_of_a_shared_covariance():
+    stats = statistics_of(*_two_gaussians(), [0, 1])
+    w, b = lda_head(stats, shrinkage=0.0)
+    shared = stats.covariances().double().mean(0)  # equal counts: the plain mean
+    expected = torch.linalg.solve(shared, stats.mean.double().T).T
+    assert torch.allclose(w.double(), expected, rtol=1e-4)
+    assert torch.allclose(b.double(), -0.5 * (expected * stats.mean.double()).sum(1), rtol=1e-4)
+
+
+def test_pseudo_features_are_balanced_and_follow_the_statistics():
+    stats = statistics_of(*_two_gaussians(), [0, 1])
+    x, y = pseudo_features(stats, 2000, torch.Generator().manual_seed(0))
+    assert y.bincount().tolist() == [2000, 2000]
+    assert torch.allclose(x[y == 1].mean(0), stats.mean[1], atol=0.01)
 
 
 def test_shrinkage_makes_a_singular_covariance_invertible():

@@ -3,6 +3,7 @@ Triton layout, and the onnxruntime backend."""
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from m2kd.runtime.bundle import load_bundle, save_bundle
 from m2kd.runtime.cli import cli
 from m2kd.runtime.errors import ConfigError
 from m2kd.runtime.onnx_backend import OnnxModel
-from m2kd.runtime.classifier import scorer_of_step
+from m2kd.runtime.classifier import classifier_config, scorer_of_step
 
 GOLDEN = Path(__file__).parent / "data" / "golden-v1.safetensors"
 
@@ -47,6 +48,19 @@ def test_step_graph_passes_checker_and_parity(bundle, step):
     results = check_step_graph(bundle, data, step)  # raises on mismatch
     assert sorted(r.batch for r in results) == [1, 2, 7]
     assert all(r.max_abs_diff <= 1e-4 for r in results)
+
+
+@pytest.mark.parametrize("kind", ["stats-base", "pseudo", "lda", "head"])
+def test_every_classifier_exports_with_parity(bundle, kind):
+    other = copy.copy(bundle)
+    other.classifier = classifier_config(kind)
+    check_step_graph(other, step_graph_bytes(other, 3), 3)  # raises on mismatch
+    x = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(2)).numpy()
+    logits = _session(all_steps_graph_bytes(other)).run(None, {"input": x,
+                                                             "step": np.array([2])})[0]
+    with torch.no_grad():
+        expected = scorer_of_step(other, 2)(torch.from_numpy(x)).numpy()
+    assert np.abs(logits[:, :4] - expected).max() <= 1e-4
 
 
 def test_metadata_names_step_classes_checksum_and_input(bundle):
