@@ -16,6 +16,28 @@ from .bundle import InputSpec
 from .errors import DataError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+# Decoding is refused above this many pixels (read from the header, before any pixel is
+# decoded): a 300 KB PNG can declare 9000 x 9000 pixels, 324 MB once decoded.
+MAX_PIXELS = 4096 * 4096
+
+
+class ImageTooLarge(DataError):
+    """An image declares more pixels than the limit allows."""
+
+
+def decode_bounded(source, spec: InputSpec, max_pixels: int = MAX_PIXELS) -> torch.Tensor:
+    """Open `source` (a path or a binary file), check its pixel count from the header,
+    let JPEG decode at a reduced size (`draft`), then decode and resize it."""
+    from PIL import Image
+
+    with Image.open(source) as image:
+        width, height = image.size
+        if width * height > max_pixels:
+            raise ImageTooLarge(f"{width}x{height} pixels is over the limit of {max_pixels} "
+                                "(--max-pixels)")
+        image.draft("L" if spec.channels == 1 else "RGB", (spec.width, spec.height))
+        image.load()
+        return pil_to_pixels(image, spec)
 
 
 def normalise(pixels: torch.Tensor, spec: InputSpec) -> torch.Tensor:
@@ -41,15 +63,15 @@ def pil_to_pixels(image, spec: InputSpec) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(array))
 
 
-def load_image(path: str | Path, spec: InputSpec) -> torch.Tensor:
-    """Read one file; a corrupt or unreadable file raises DataError naming it."""
+def load_image(path: str | Path, spec: InputSpec, max_pixels: int = MAX_PIXELS) -> torch.Tensor:
+    """Read one file; a corrupt, unreadable or too large file raises DataError naming it."""
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as image:
-            image.load()
-            return pil_to_pixels(image, spec)
-    except (OSError, UnidentifiedImageError, ValueError) as e:
+        return decode_bounded(path, spec, max_pixels)
+    except ImageTooLarge as e:
+        raise ImageTooLarge(f"{path}: {e}") from None
+    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as e:
         raise DataError(f"{path}: not a readable image ({e.__class__.__name__})") from None
 
 

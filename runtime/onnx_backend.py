@@ -17,6 +17,7 @@ from .bundle import InputSpec
 from .errors import ConfigError, DataError, DeviceError
 from .images import normalise
 from .inference import Prediction
+from .step_number import checked_step
 
 ONNX_FORMAT = "m2kd-onnx/1"
 
@@ -68,13 +69,11 @@ class OnnxModel:
 
     def classes(self, step: int | None = None) -> list[str]:
         if not self.all_steps:
-            if step not in (None, self.steps):
+            if step is not None and checked_step(step, self.steps, "the graph") != self.steps:
                 raise ConfigError(f"this graph holds only step {self.steps}; export with "
                                   "--step all to choose steps at run time")
             return self.step_classes
-        step = step or self.steps
-        if not 1 <= step <= self.steps:
-            raise ConfigError(f"step {step} does not exist; the graph has steps 1..{self.steps}")
+        step = checked_step(step, self.steps, "the graph")
         return [c for rec in self.classes_by_step[:step] for c in rec]
 
     def logits(self, pixels: torch.Tensor, step: int | None = None) -> np.ndarray:
@@ -86,7 +85,8 @@ class OnnxModel:
             x = normalise(pixels, self.spec)
         feed = {"input": x.contiguous().numpy()}
         if self.all_steps:
-            feed["step"] = np.array([step or self.steps], dtype=np.int64)
+            step = checked_step(step, self.steps, "the graph")
+            feed["step"] = np.array([step], dtype=np.int64)
         return self.session.run(["logits"], feed)[0][:, :len(names)]
 
     def predict(self, pixels: torch.Tensor, top_k: int = 5, step: int | None = None

@@ -8,18 +8,15 @@ import torch
 
 from .backbones import ResNet, create_backbone
 from .bundle import Bundle
-from .errors import ConfigError
 from .owner_masks import visible
+from .step_number import checked_step
 
 PROBE_TOLERANCE = 1e-5  # invariant 2: fp32 max abs diff
 
 
 def check_step(bundle: Bundle, step: int | None) -> int:
     """`step` (None: the last) if the bundle has it, else a ConfigError naming the range."""
-    step = bundle.num_steps if step is None else step
-    if not 1 <= step <= bundle.num_steps:
-        raise ConfigError(f"step {step} does not exist; the bundle has steps 1..{bundle.num_steps}")
-    return step
+    return checked_step(step, bundle.num_steps)
 
 
 def model_of_step(bundle: Bundle, step: int | None = None, device: str | torch.device = "cpu"

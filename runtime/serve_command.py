@@ -20,12 +20,15 @@ import click
               help="Images per request.")
 @click.option("--max-body-mb", default=20.0, show_default=True,
               type=click.FloatRange(min=0, min_open=True))
+@click.option("--max-pixels", default=4096 * 4096, show_default=True,
+              type=click.IntRange(min=1), help="Refuse (413) images declaring more pixels, "
+              "before decoding them.")
 @click.option("--token", envvar="M2KD_TOKEN", help="Bearer token required on every route "
               "but the health checks (or M2KD_TOKEN).")
 @click.option("--watch/--no-watch", default=True, show_default=True,
               help="Reload when the model file is replaced.")
 def serve(model, host, port, backend, device, max_batch, max_wait_ms, max_images, max_body_mb,
-          token, watch):
+          max_pixels, token, watch):
     """Serve predictions over HTTP with micro-batching and hot reload."""
     import logging
 
@@ -40,7 +43,9 @@ def serve(model, host, port, backend, device, max_batch, max_wait_ms, max_images
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     metrics = ServerMetrics()
     holder = ModelHolder(model, backend, device, metrics)
-    settings = ServeSettings(max_batch, max_wait_ms, max_images, max_body_mb, token, watch)
+    settings = ServeSettings(max_batch=max_batch, max_wait_ms=max_wait_ms, max_images=max_images,
+                             max_body_mb=max_body_mb, max_pixels=max_pixels, token=token,
+                             watch=watch)
     click.echo(f"serving {model} ({holder.current.steps} steps, {backend} on "
                f"{holder.current.device}) at http://{host}:{port}")
     uvicorn.run(create_app(holder, settings, metrics), host=host, port=port, log_level="warning")

@@ -14,16 +14,18 @@ import contextlib
 import hmac
 import io
 import json
+import re
 import time
 from dataclasses import dataclass
 
 import torch
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .batching import MicroBatcher
 from .errors import M2KDError
-from .images import pil_to_pixels
+from .images import MAX_PIXELS, ImageTooLarge, decode_bounded
 from .model_holder import ModelHolder, watch_interval
 from .prometheus import ServerMetrics
 
@@ -34,8 +36,12 @@ class ServeSettings:
     max_wait_ms: float = 5.0
     max_images: int = 64
     max_body_mb: float = 20.0
+    max_pixels: int = MAX_PIXELS
     token: str | None = None
     watch: bool = True
+
+
+HTTP_ERROR_CODES = {400: "bad_multipart", 404: "not_found", 405: "method_not_allowed"}
 
 
 class ApiError(Exception):
@@ -48,17 +54,29 @@ def _error(status: int, code: str, message: str) -> JSONResponse:
     return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
 
 
-def decode_image(data: bytes, name: str, spec) -> torch.Tensor:
+def decode_image(data: bytes, name: str, spec, max_pixels: int = MAX_PIXELS) -> torch.Tensor:
     from PIL import Image, UnidentifiedImageError
 
     if not data:
         raise ApiError(400, "empty_image", f"{name}: empty")
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            image.load()
-            return pil_to_pixels(image, spec)
+        return decode_bounded(io.BytesIO(data), spec, max_pixels)
+    except ImageTooLarge as e:
+        raise ApiError(413, "image_too_large", f"{name}: {e}") from None
     except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError):
         raise ApiError(400, "bad_image", f"{name}: not a readable image") from None
+
+
+def _strict_int(value, name: str, form: bool) -> int | None:
+    """An integer as JSON sends it, or a decimal string as a form field sends it; a bool,
+    a float or any other text is refused (422), never rounded or read as true = 1."""
+    if value is None or (form and value == ""):
+        return None
+    if form and isinstance(value, str) and re.fullmatch(r"\+?[0-9]{1,9}", value.strip()):
+        return int(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    raise ApiError(422, "bad_parameter", f"{name} must be an integer, got {value!r}")
 
 
 async def _read_images(request: Request, max_bytes: int
@@ -68,35 +86,30 @@ async def _read_images(request: Request, max_bytes: int
         form = await request.form(max_part_size=max_bytes)
         files = [(f.filename or key, await f.read()) for key, f in form.multi_items()
                  if hasattr(f, "read")]
-        top_k, step = form.get("top_k", 5), form.get("step")
+        top_k, step, is_form = form.get("top_k", "5"), form.get("step"), True
     elif ctype == "application/json":
         try:
             body = json.loads(await request.body() or b"null")
             encoded = body["images"]
             files = [(f"images[{i}]", base64.b64decode(s, validate=True))
                      for i, s in enumerate(encoded)]
-            top_k, step = body.get("top_k", 5), body.get("step")
-        except (ValueError, KeyError, TypeError, binascii.Error, AttributeError):
+            top_k, step, is_form = body.get("top_k", 5), body.get("step"), False
+        except (ValueError, KeyError, TypeError, binascii.Error, AttributeError,
+                RecursionError):
             raise ApiError(400, "bad_json", 'expected {"images": [base64, ...], '
                                             '"top_k"?: int, "step"?: int}') from None
     else:
         raise ApiError(415, "unsupported_media_type",
                        "send multipart/form-data files or application/json with base64 images")
-    try:
-        top_k = int(top_k)
-        step = None if step in (None, "") else int(step)
-    except (TypeError, ValueError):
-        raise ApiError(400, "bad_parameter", "top_k and step must be integers") from None
-    if top_k < 1:
-        raise ApiError(400, "bad_parameter", "top_k must be >= 1")
+    top_k, step = _strict_int(top_k, "top_k", is_form), _strict_int(step, "step", is_form)
+    if top_k is None or top_k < 1:
+        raise ApiError(422, "bad_parameter", "top_k must be an integer >= 1")
     return files, top_k, step
 
 
 class BodyLimit:
-    """Pure ASGI middleware: 413 for bodies over the limit, declared or streamed."""
-
-    class TooLarge(Exception):
-        pass
+    """Pure ASGI middleware: reads the whole body first (declared or chunked) and answers
+    413 once it passes the limit, so the app never sees a partial or oversized body."""
 
     def __init__(self, app, max_bytes: int):
         self.app, self.max_bytes = app, max_bytes
@@ -107,20 +120,26 @@ class BodyLimit:
         declared = dict(scope["headers"]).get(b"content-length")
         if declared and declared.isdigit() and int(declared) > self.max_bytes:
             return await self._reject(scope, receive, send)
-        seen = 0
-
-        async def limited():
-            nonlocal seen
+        chunks, seen, more = [], 0, True
+        while more:
             message = await receive()
-            seen += len(message.get("body", b""))
+            if message["type"] == "http.disconnect":
+                return
+            chunks.append(message.get("body", b""))
+            seen += len(chunks[-1])
             if seen > self.max_bytes:
-                raise BodyLimit.TooLarge
-            return message
+                return await self._reject(scope, receive, send)
+            more = message.get("more_body", False)
+        body, replayed = b"".join(chunks), False
 
-        try:
-            await self.app(scope, limited, send)
-        except BodyLimit.TooLarge:
-            await self._reject(scope, receive, send)
+        async def replay():
+            nonlocal replayed
+            if replayed:
+                return await receive()  # disconnect, as the server reports it
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(scope, replay, send)
 
     async def _reject(self, scope, receive, send):
         mb = self.max_bytes / 2**20
@@ -177,6 +196,12 @@ def create_app(holder: ModelHolder, settings: ServeSettings,
     async def api_error(request: Request, e: ApiError):
         return _error(e.status, e.code, e.message)
 
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, e: StarletteHTTPException):
+        """404, 405 and malformed multipart bodies, in the same shape as every error."""
+        code = HTTP_ERROR_CODES.get(e.status_code, "bad_request")
+        return _error(e.status_code, code, str(e.detail))
+
     @app.post("/v1/predict", openapi_extra={"requestBody": {"content": {
         "multipart/form-data": {"schema": {"type": "object", "properties": {
             "files": {"type": "array", "items": {"type": "string", "format": "binary"}},
@@ -193,10 +218,13 @@ def create_app(holder: ModelHolder, settings: ServeSettings,
         if len(files) > settings.max_images:
             raise ApiError(413, "too_many_images",
                            f"{len(files)} images; at most {settings.max_images} per request")
-        spec = holder.current.spec
+        current = holder.current
+        if step is not None and not 1 <= step <= current.steps:
+            raise ApiError(422, "bad_parameter",
+                           f"step {step} does not exist; the model has steps 1..{current.steps}")
         loop = asyncio.get_running_loop()
-        pixels = await loop.run_in_executor(
-            None, lambda: torch.stack([decode_image(d, n, spec) for n, d in files]))
+        pixels = await loop.run_in_executor(None, lambda: torch.stack(
+            [decode_image(d, n, current.spec, settings.max_pixels) for n, d in files]))
         try:
             predictions, model = await batcher.submit(pixels, top_k, step)
         except M2KDError as e:

@@ -24,6 +24,8 @@ from m2kd.runtime.model_holder import ModelHolder
 from m2kd.runtime.prometheus import ServerMetrics
 from m2kd.runtime.server import ServeSettings, create_app
 
+from tests.hostile import png_bomb
+
 GOLDEN = Path(__file__).parent / "data" / "golden-v1.safetensors"
 
 
@@ -105,19 +107,50 @@ BAD = {
     "body too large": (dict(content=b"x" * 3_000_000,
                             headers={"content-type": "application/json"}), 413,
                        "body_too_large"),
-    "bad step": (dict(json={"images": [base64.b64encode(png()).decode()], "step": 7}), 400,
-                 "bad_request"),
+    **{f"step {v!r}": (dict(json={"images": [base64.b64encode(png()).decode()], "step": v}),
+                       422, "bad_parameter") for v in (7, 0, -1, 2.5, True, "1", [1])},
+    **{f"form step {v!r}": (dict(files=[("files", ("a.png", png()))], data={"step": v}), 422,
+                            "bad_parameter") for v in ("0", "2.5", "true", "3", "1e0")},
+    "top_k true": (dict(json={"images": [base64.b64encode(png()).decode()], "top_k": True}),
+                   422, "bad_parameter"),
+    "deeply nested json": (dict(content=b"[" * 100_000 + b"]" * 100_000,
+                                headers={"content-type": "application/json"}), 400, "bad_json"),
+    "pixel bomb": (dict(files=[("files", ("bomb.png", png_bomb(5000, 5000)))]), 413,
+                   "image_too_large"),
+    "chunked json over the limit": (dict(content=iter([b"x" * 1_000_000] * 3),
+                                         headers={"content-type": "application/json"}), 413,
+                                    "body_too_large"),
+    "chunked multipart over the limit": (
+        dict(content=iter([b"--b\r\nContent-Disposition: form-data; name=files; "
+                           b"filename=a.png\r\n\r\n"] + [b"x" * 1_000_000] * 3),
+             headers={"content-type": "multipart/form-data; boundary=b"}), 413,
+        "body_too_large"),
+    "malformed multipart": (dict(content=b"--b\r\nX-Part: 1\r\n\r\ndata\r\n--b--\r\n",
+                                 headers={"content-type": "multipart/form-data; boundary=b"}),
+                            400, "bad_multipart"),
+    "over 1000 parts": (dict(files=[("files", (f"{i}.png", b"x")) for i in range(1001)]), 400,
+                        "bad_multipart"),
 }
 
 
 def test_bad_input_gets_a_4xx_json_error_and_the_server_keeps_running(bundle_file):
-    with Server(bundle_file, max_images=4, max_body_mb=2) as s, \
+    with Server(bundle_file, max_images=4, max_body_mb=2, max_pixels=4096 * 4096) as s, \
             httpx.Client(base_url=s.url) as c:
         for case, (kwargs, status, code) in BAD.items():
             r = c.post("/v1/predict", **kwargs)
             assert r.status_code == status, (case, r.text)
             assert r.json()["error"]["code"] == code, case
         assert c.post("/v1/predict", files=[("files", ("ok.png", png()))]).status_code == 200
+        assert c.post("/v1/predict", files=[("files", ("ok.png", png()))],
+                      data={"step": "1"}).json()["step"] == 1
+
+
+def test_unknown_route_and_wrong_method_use_the_error_shape(bundle_file):
+    with Server(bundle_file) as s, httpx.Client(base_url=s.url) as c:
+        for r, status, code in ((c.get("/nope"), 404, "not_found"),
+                                (c.get("/v1/predict"), 405, "method_not_allowed")):
+            assert r.status_code == status
+            assert r.json()["error"]["code"] == code and r.json()["error"]["message"]
 
 
 def test_token_is_required_except_for_health(bundle_file):
