@@ -14,7 +14,7 @@ from .errors import BundleIntegrityError, DataError
 from .images import to_model_input
 from .inference import Prediction, predict_batch
 from .classifier import scorer_of_step
-from .reconstruct import ProbeCheck, check_probes
+from .reconstruct import ProbeCheck, check_probes, check_step
 from .update import NewClasses, add_classes, read_new_classes, refuse_known_classes
 
 
@@ -45,7 +45,7 @@ class Runtime:
 
     def scorer(self, step: int | None = None) -> torch.nn.Module:
         """The module inference runs for `step` (default: the last): images -> scores."""
-        step = step or self.steps
+        step = check_step(self.bundle, step)
         if step not in self._models:
             self._models[step] = scorer_of_step(self.bundle, step, self.device)
         return self._models[step]
@@ -53,9 +53,10 @@ class Runtime:
     def predict(self, images, top_k: int = 5, step: int | None = None) -> list[Prediction]:
         """Top-k classes for PIL images, uint8 numpy arrays, or an (N, C, H, W) float tensor
         that is already normalised. `step` picks an earlier model (default: the last)."""
+        step = check_step(self.bundle, step)
         scorer = self.scorer(step)
         x = to_model_input(images, self.bundle.input_spec)
-        classes = self.bundle.classes_up_to(step or self.steps)
+        classes = self.bundle.classes_up_to(step)
         return predict_batch(scorer, classes, x, top_k, self.device)
 
     def add_classes(self, new, epochs: int = 15, lr: float = 0.1, batch_size: int = 64,

@@ -7,10 +7,16 @@ rename itself survives a power cut.
 
 from __future__ import annotations
 
+import glob
 import os
 import shutil
 import tempfile
 from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; stale files are then left alone
+    fcntl = None
 
 
 def _final_mode(path: Path) -> int:
@@ -24,11 +30,50 @@ def _final_mode(path: Path) -> int:
         return 0o666 & ~umask
 
 
+def _temp_prefix(path: Path) -> str:
+    return f".{path.name}."
+
+
+def _try_lock(fd: int) -> bool:
+    """An exclusive, non-blocking lock; a killed writer's lock is released by the kernel."""
+    if fcntl is None:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except OSError:
+        return False
+
+
+def remove_stale_temp_files(path: Path) -> list[Path]:
+    """Delete temp files of `path` left by a writer that died (a kill in the write
+    window): only our own pattern, `.NAME.*.tmp`, and only files no live writer locks."""
+    removed = []
+    if fcntl is None:
+        return removed
+    for candidate in path.parent.glob(f"{glob.escape(_temp_prefix(path))}*.tmp"):
+        try:
+            fd = os.open(candidate, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            if _try_lock(fd):
+                candidate.unlink(missing_ok=True)
+                removed.append(candidate)
+        finally:
+            os.close(fd)
+    return removed
+
+
 def _atomic_replace(path: Path, write) -> None:
     """Call `write(file)` on a temp file beside `path`, fsync, rename over `path`, fsync
-    the folder. On any failure the temp file is removed and `path` is untouched."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    the folder. On any failure the temp file is removed and `path` is untouched. The
+    temp file is locked while it is written, so the next write can tell a dead writer's
+    leftovers (removed first) from a live writer's file."""
+    remove_stale_temp_files(path)
+    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=".tmp", dir=path.parent)
     try:
+        _try_lock(fd)
         os.fchmod(fd, _final_mode(path))
         with os.fdopen(fd, "wb") as f:
             write(f)

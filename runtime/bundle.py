@@ -236,18 +236,64 @@ def _check_header(metadata: dict | None) -> dict[str, str]:
     return metadata
 
 
-def _from_safetensors(tensors: dict[str, torch.Tensor], metadata: dict) -> Bundle:
+MAX_METADATA_CHARS = 1_000_000  # per value; a real bundle's largest is a few KB
+MAX_METADATA_DEPTH = 8
+
+
+def _nesting_depth(value) -> int:
+    """Depth of nested lists / dicts, computed without recursion."""
+    depth, level = 0, [(value, 1)]
+    while level:
+        item, d = level.pop()
+        if isinstance(item, (list, dict)):
+            depth = max(depth, d)
+            if d > MAX_METADATA_DEPTH:
+                return d
+            children = item.values() if isinstance(item, dict) else item
+            level.extend((child, d + 1) for child in children)
+    return depth
+
+
+def parse_metadata_json(metadata: dict, key: str, default: str | None = None):
+    """One metadata value as JSON, refusing oversized or deeply nested values."""
+    text = metadata.get(key, default)
+    if text is None:
+        raise BundleFormatError(f"bundle metadata lacks {key}")
+    if len(text) > MAX_METADATA_CHARS:
+        raise BundleFormatError(f"metadata {key!r} is over {MAX_METADATA_CHARS} characters")
     try:
-        classes = json.loads(metadata["classes"])
-        method = json.loads(metadata["method"])
-        classifier = json.loads(metadata.get("classifier", json.dumps(HEAD_CLASSIFIER)))
+        value = json.loads(text)
+    except RecursionError:
+        raise BundleFormatError(f"metadata {key!r} is nested deeper than "
+                                f"{MAX_METADATA_DEPTH}") from None
+    except ValueError as e:
+        raise BundleFormatError(f"metadata {key!r} is not valid JSON ({e})") from None
+    if _nesting_depth(value) > MAX_METADATA_DEPTH:
+        raise BundleFormatError(f"metadata {key!r} is nested deeper than {MAX_METADATA_DEPTH}")
+    return value
+
+
+def _parsed_metadata(metadata: dict):
+    classes = parse_metadata_json(metadata, "classes")
+    method = parse_metadata_json(metadata, "method")
+    classifier = parse_metadata_json(metadata, "classifier", json.dumps(HEAD_CLASSIFIER))
+    try:
         spec = InputSpec.from_json(metadata["input_spec"])
-    except (ValueError, KeyError, TypeError) as e:
-        raise BundleFormatError(f"bundle metadata is malformed ({e})") from None
-    if not isinstance(classes, list) or not all(isinstance(c, list) for c in classes):
-        raise BundleFormatError("metadata 'classes' must be a list of per-step lists")
+    except (ValueError, KeyError, TypeError, RecursionError) as e:
+        raise BundleFormatError(f"bundle metadata 'input_spec' is malformed "
+                                f"({e.__class__.__name__})") from None
+    if not isinstance(classes, list) or not all(
+            isinstance(c, list) and all(isinstance(n, (str, int)) for n in c) for c in classes):
+        raise BundleFormatError("metadata 'classes' must be a list of per-step lists of names")
+    if not isinstance(method, dict):
+        raise BundleFormatError("metadata 'method' must be an object")
     if not isinstance(classifier, dict) or not isinstance(classifier.get("kind"), str):
         raise BundleFormatError("metadata 'classifier' must be an object with a 'kind'")
+    return classes, method, classifier, spec
+
+
+def _from_safetensors(tensors: dict[str, torch.Tensor], metadata: dict) -> Bundle:
+    classes, method, classifier, spec = _parsed_metadata(metadata)
     pool = dict(tensors)
 
     def take(name: str) -> torch.Tensor:
@@ -256,6 +302,10 @@ def _from_safetensors(tensors: dict[str, torch.Tensor], metadata: dict) -> Bundl
         return pool.pop(name)
 
     weights = {n[len("backbone."):]: t for n, t in tensors.items() if n.startswith("backbone.")}
+    orphans = sorted(n for n in tensors if n.startswith("mask.") and n[5:] not in weights)
+    if orphans:
+        raise BundleFormatError(f"bundle lacks tensor 'backbone.{orphans[0][5:]}' "
+                                f"(its mask is present)")
     masks = {name: take(f"mask.{name}") for name in weights}
     for name in weights:
         pool.pop(f"backbone.{name}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import click
@@ -53,7 +54,7 @@ def predict(model: Path, paths: tuple[Path, ...], top_k: int, step: int | None, 
 
     MODEL is a bundle (.safetensors) or a graph written by `m2kd export onnx`.
     """
-    from .errors import ConfigError, DataError
+    from .errors import BundleIntegrityError, ConfigError, DataError
     from .images import list_images, load_image
 
     files = []
@@ -85,10 +86,13 @@ def predict(model: Path, paths: tuple[Path, ...], top_k: int, step: int | None, 
         from .api import Runtime
         from .images import normalise
 
-        runtime = Runtime.load(model, device=device, verify=False)
+        runtime = Runtime.load(model, device=device)  # probes checked: never predict from
+        # a bundle that `verify` refuses
         spec = runtime.bundle.input_spec
         pixels = torch.stack([load_image(f, spec) for f in files])
         predictions = runtime.predict(normalise(pixels, spec), top_k=top_k, step=step)
+    if any(not math.isfinite(score) for pred in predictions for score in pred.scores):
+        raise BundleIntegrityError(f"{model}: the model produced non-finite scores")
     for f, pred in zip(files, predictions):
         if as_json:
             click.echo(json.dumps({"path": str(f), **pred.to_dict()}))

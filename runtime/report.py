@@ -6,6 +6,7 @@ from pathlib import Path
 
 from .bundle import PARTS, bytes_by_part, load_bundle, snapshot_bytes
 from .classifier import describe_classifier
+from .reconstruct import check_probes
 
 
 def bundle_report(path: Path) -> dict:
@@ -18,6 +19,7 @@ def bundle_report(path: Path) -> dict:
         layers.append({"name": name, "shape": list(mask.shape), "params": n,
                        "free": int((mask == 0).sum()) / n, "owned_by_step": owned})
     total_params = sum(layer["params"] for layer in layers)
+    failing = [c for c in check_probes(bundle) if not c.ok]
     return {
         "path": str(path),
         "file_bytes": path.stat().st_size,
@@ -27,6 +29,10 @@ def bundle_report(path: Path) -> dict:
         "method": bundle.method.get("name"),
         "checksum": bundle.checksum(),
         "classifier": bundle.classifier,
+        # inspect shows a broken bundle, and says so; `verify` exits non-zero on it
+        "verified": not failing,
+        "verification": "ok" if not failing else
+        f"FAILS: step {failing[0].step} probe max abs diff {failing[0].max_abs_diff:.3g} > 1e-5",
         "steps": [{"step": k, "classes": rec.classes}
                   for k, rec in enumerate(bundle.steps, start=1)],
         "bytes_by_part": sizes,
@@ -43,7 +49,8 @@ def _mb(n: int) -> str:
 def format_report(r: dict) -> str:
     lines = [f"{r['path']}: {r['arch']}, input {r['input']}, method {r['method']}, "
              f"{len(r['steps'])} steps", f"checksum {r['checksum']}",
-             f"classifier: {describe_classifier(r['classifier'])}", "", "step  classes"]
+             f"classifier: {describe_classifier(r['classifier'])}",
+             f"verification: {r['verification']}", "", "step  classes"]
     lines += [f"{s['step']:>4}  {', '.join(s['classes'])}" for s in r["steps"]]
     lines += ["", "bytes by part"]
     lines += [f"  {part:<10}{_mb(r['bytes_by_part'][part])}" for part in PARTS]

@@ -2,18 +2,27 @@
 
 from __future__ import annotations
 
+import fcntl
+import json
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
+from safetensors import safe_open
+from safetensors.torch import save_file
 
-from m2kd.runtime.bundle import InputSpec
+from m2kd.runtime.atomic import atomic_write_bytes
+from m2kd.runtime.bundle import InputSpec, load_bundle, save_bundle
+from m2kd.runtime.cli import cli
 from m2kd.runtime.images import ImageTooLarge, load_image
 
 from tests.hostile import png_bomb
 
 SPEC = InputSpec(1, 8, 8, (0.5,), (0.5,))
+GOLDEN_V2 = Path(__file__).parent / "data" / "golden-v2.safetensors"
 
 # Peak RSS growth (MB) of a fresh process decoding `path` with `max_pixels`.
 _PEAK_GROWTH = textwrap.dedent("""
@@ -50,3 +59,85 @@ def test_an_image_within_the_limit_still_decodes(tmp_path):
     ok = tmp_path / "ok.png"
     ok.write_bytes(png_bomb(64, 48))
     assert load_image(ok, SPEC, max_pixels=64 * 48).shape == (1, 8, 8)
+
+
+def test_stale_temp_files_of_a_killed_writer_are_removed_on_the_next_write(tmp_path):
+    target = tmp_path / "bundle.safetensors"
+    target.write_bytes(b"old")
+    stale = tmp_path / ".bundle.safetensors.abc123.tmp"  # a writer killed mid-write
+    stale.write_bytes(b"partial")
+    other = tmp_path / ".other.safetensors.abc123.tmp"  # not ours: left alone
+    other.write_bytes(b"x")
+    live = tmp_path / ".bundle.safetensors.live99.tmp"  # a live writer holds its lock
+    with open(live, "wb") as held:
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX)
+        atomic_write_bytes(target, b"new")
+        assert live.exists()
+    assert target.read_bytes() == b"new"
+    assert not stale.exists() and other.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        ".bundle.safetensors.live99.tmp", ".other.safetensors.abc123.tmp", "bundle.safetensors"]
+
+
+def _rewrite(src, dst, edit_tensors=None, **metadata):
+    """A copy of bundle `src` with some metadata values (and tensors) replaced."""
+    with safe_open(src, "pt") as f:
+        meta = {**f.metadata(), **metadata}
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    if edit_tensors:
+        edit_tensors(tensors)
+    save_file(tensors, dst, metadata=meta)
+    return dst
+
+
+@pytest.mark.parametrize("key", ["classes", "method", "classifier"])
+@pytest.mark.parametrize("command", ["inspect", "verify", "predict", "export", "add-classes"])
+def test_deeply_nested_metadata_gives_one_clean_line(tmp_path, key, command):
+    bad = _rewrite(GOLDEN_V2, tmp_path / "b.safetensors", **{key: "[" * 50_000 + "]" * 50_000})
+    result = _run_command(command, bad, tmp_path)
+    assert result.exit_code != 0
+    assert f"metadata {key!r}" in result.output and "Traceback" not in result.output
+    assert result.output.count("\n") == 1, result.output
+
+
+def _run_command(command, bundle, tmp_path):
+    args = {"inspect": ["inspect", str(bundle)], "verify": ["verify", str(bundle)],
+            "predict": ["predict", str(bundle), str(GOLDEN_V2)],
+            "export": ["export", "onnx", str(bundle), "--out", str(tmp_path / "m.onnx")],
+            "add-classes": ["add-classes", str(bundle), "--data", str(tmp_path)]}[command]
+    return CliRunner().invoke(cli, args)
+
+
+def test_missing_backbone_tensor_is_named(tmp_path):
+    def drop_first_backbone(tensors):
+        name = next(k for k in tensors if k.startswith("backbone."))
+        drop_first_backbone.name = name
+        del tensors[name]
+
+    bad = _rewrite(GOLDEN_V2, tmp_path / "b.safetensors", drop_first_backbone)
+    result = CliRunner().invoke(cli, ["verify", str(bad)])
+    assert result.exit_code != 0 and f"lacks tensor '{drop_first_backbone.name}'" in result.output
+
+
+def _flipped(tmp_path, value):
+    """The golden bundle with one owned weight changed and the checksum recomputed."""
+    bundle = load_bundle(GOLDEN_V2)
+    name = next(iter(bundle.weights))
+    bundle.weights[name][bundle.masks[name] == 1] = value
+    path = tmp_path / "flipped.safetensors"
+    save_bundle(bundle, path)  # a fresh, matching checksum: only the probes can tell
+    return path
+
+
+@pytest.mark.parametrize("value", [float("nan"), 0.5])
+def test_predict_refuses_and_inspect_flags_a_bundle_whose_probes_fail(tmp_path, value):
+    path = _flipped(tmp_path, value)
+    image = tmp_path / "x.png"
+    image.write_bytes(png_bomb(8, 8))
+    result = CliRunner().invoke(cli, ["predict", str(path), str(image), "--json"])
+    assert result.exit_code != 0 and "does not reconstruct" in result.output
+    assert "NaN" not in result.output
+    result = CliRunner().invoke(cli, ["inspect", str(path)])
+    assert result.exit_code == 0 and "verification: FAILS: step 1" in result.output
+    report = json.loads(CliRunner().invoke(cli, ["inspect", str(path), "--json"]).output)
+    assert report["verified"] is False
