@@ -53,7 +53,8 @@ def add_classes_command(bundle, data_dir, val_dir, out, keep_previous, epochs, b
     verify_bundle(old, str(bundle))
     target_device = resolve_device(device)
     check_capacity(old, prune_ratio)
-    new = read_new_classes(old, data_dir, skip_bad)
+    new = read_new_classes(old, data_dir, skip_bad,
+                           warn=lambda message: click.echo(f"warning: {message}", err=True))
     before = folder_accuracy(old, val_dir, new.names, target_device) if val_dir else None
     click.echo(f"{bundle}: {old.num_steps} steps, {len(old.classes)} classes; adding "
                f"{', '.join(new.names)} from {len(new.labels)} images on {target_device}")

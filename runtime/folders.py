@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 from .bundle import InputSpec
 from .errors import DataError
-from .images import list_images, load_image
+from .images import is_image_name, list_images, load_image
 
 
 def class_folders(root: str | Path) -> list[Path]:
@@ -21,16 +24,53 @@ def class_folders(root: str | Path) -> list[Path]:
     return folders
 
 
-def read_class_folders(root: str | Path, spec: InputSpec, skip_bad: bool = False
+def _warn(message: str) -> None:
+    warnings.warn(message, FolderWarning, stacklevel=3)
+
+
+class FolderWarning(UserWarning):
+    """Something in an image folder is ignored, or a class is too small to trust."""
+
+
+def _nested_images(folder: Path) -> tuple[int, list[Path]]:
+    """Images in sub-folders of a class folder (not read), and symlinks that loop back."""
+    count, loops = 0, []
+    for sub in (p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        if sub.is_symlink() and sub.resolve() in (folder.resolve(), *folder.resolve().parents):
+            loops.append(sub)
+            continue
+        for parent, dirs, files in os.walk(sub, followlinks=False):
+            dirs[:] = [d for d in dirs if not d.startswith(".")]
+            count += sum(is_image_name(Path(parent) / f) for f in files)
+    return count, loops
+
+
+def warn_about_layout(folder: Path, n_images: int, warn: Callable[[str], None]) -> None:
+    nested, loops = _nested_images(folder)
+    if nested:
+        warn(f"{folder}: {nested} image(s) in nested sub-folders are ignored "
+             "(one folder level per class)")
+    for link in loops:
+        warn(f"{link}: symlink loop ignored")
+    if n_images == 1:
+        warn(f"{folder}: class has only 1 image; its statistics cannot describe it "
+             "(use more images per class)")
+
+
+def read_class_folders(root: str | Path, spec: InputSpec, skip_bad: bool = False,
+                       warn: Callable[[str], None] = _warn
                        ) -> tuple[list[str], torch.Tensor, torch.Tensor]:
     """Returns class names, pixels in [0, 1] of shape (N, C, H, W) and labels 0..n-1.
 
     Refuses empty class folders and unreadable images (all of them are listed in
-    the message) unless `skip_bad`, which drops unreadable files.
+    the message) unless `skip_bad`, which drops unreadable files. Hidden files
+    (`.*`, macOS `._*`) are skipped; nested sub-folders, symlink loops and one-image
+    classes are reported through `warn`.
     """
     names, pixels, labels, bad = [], [], [], []
     for label, folder in enumerate(class_folders(root)):
         files = list_images(folder)
+        warn_about_layout(folder, len(files), warn)
         if not files:
             raise DataError(f"{folder}: class folder has no images")
         names.append(folder.name)

@@ -103,6 +103,12 @@ def to_model_input(images, spec: InputSpec) -> torch.Tensor:
     return normalise(torch.stack(pixels), spec)
 
 
+def is_image_name(path: Path) -> bool:
+    """An image suffix and not hidden: macOS `._*` resource forks and dot-files are
+    skipped, as torchvision's ImageFolder skips them."""
+    return not path.name.startswith(".") and path.suffix.lower() in IMAGE_SUFFIXES
+
+
 def list_images(folder: Path, recursive: bool = False) -> list[Path]:
     entries = folder.rglob("*") if recursive else folder.iterdir()
-    return sorted(p for p in entries if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    return sorted(p for p in entries if is_image_name(p) and p.is_file())

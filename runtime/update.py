@@ -26,9 +26,11 @@ class NewClasses:
     labels: torch.Tensor  # 0..len(names)-1
 
 
-def read_new_classes(bundle: Bundle, folder: str | Path, skip_bad: bool = False) -> NewClasses:
-    """Read `folder/<class>/*` in the bundle's input spec and refuse known class names."""
-    names, pixels, labels = read_class_folders(folder, bundle.input_spec, skip_bad)
+def read_new_classes(bundle: Bundle, folder: str | Path, skip_bad: bool = False,
+                     **warn) -> NewClasses:
+    """Read `folder/<class>/*` in the bundle's input spec and refuse known class names.
+    `warn`: how ignored files and one-image classes are reported (default: warnings)."""
+    names, pixels, labels = read_class_folders(folder, bundle.input_spec, skip_bad, **warn)
     refuse_known_classes(bundle, names)
     return NewClasses(names, normalise(pixels, bundle.input_spec), labels)
 

@@ -54,8 +54,19 @@ def test_cifar10_reader_on_files_in_torchvision_format(tmp_path, monkeypatch):
 
 
 def test_missing_cifar_root_is_a_data_error(tmp_path):
-    with pytest.raises(DataError, match="cifar100 not found"):
+    with pytest.raises(DataError, match="cifar-100-python/train is missing") as e:
         load_dataset("cifar100", root=str(tmp_path))
+    assert "download" not in str(e.value) and "cifar-100-python.tar.gz" in str(e.value)
+
+
+def test_a_cifar_file_that_is_not_the_official_one_names_the_expected_md5(tmp_path):
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        (folder / name).write_bytes(b"crafted")
+    with pytest.raises(DataError, match="data_batch_1 is not the official file "
+                                        "\\(md5 expected c99cafc152244af753f735de768cd75f\\)"):
+        load_dataset("cifar10", root=str(tmp_path))
 
 
 def test_unknown_dataset_lists_names():

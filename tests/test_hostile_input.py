@@ -17,6 +17,7 @@ from safetensors.torch import save_file
 from m2kd.runtime.atomic import atomic_write_bytes
 from m2kd.runtime.bundle import InputSpec, load_bundle, save_bundle
 from m2kd.runtime.cli import cli
+from m2kd.runtime.folders import read_class_folders
 from m2kd.runtime.images import ImageTooLarge, load_image
 
 from tests.hostile import png_bomb
@@ -141,3 +142,47 @@ def test_predict_refuses_and_inspect_flags_a_bundle_whose_probes_fail(tmp_path, 
     assert result.exit_code == 0 and "verification: FAILS: step 1" in result.output
     report = json.loads(CliRunner().invoke(cli, ["inspect", str(path), "--json"]).output)
     assert report["verified"] is False
+
+
+def _class_tree(root, counts):
+    for name, n in counts.items():
+        (root / name).mkdir(parents=True)
+        for i in range(n):
+            (root / name / f"{i}.png").write_bytes(png_bomb(8, 8))
+    return root
+
+
+def _read(root, **kwargs):
+    seen = []
+    names, pixels, _ = read_class_folders(root, SPEC, warn=seen.append, **kwargs)
+    return names, len(pixels), seen
+
+
+def test_hidden_and_resource_fork_files_are_skipped(tmp_path):
+    root = _class_tree(tmp_path / "new", {"cat": 2, "dog": 2})
+    (root / "cat" / "._0.png").write_bytes(b"\0\5\26\7 mac resource fork")
+    (root / "cat" / ".hidden.png").write_bytes(b"junk")
+    assert _read(root) == (["cat", "dog"], 4, [])
+
+
+def test_nested_folders_symlink_loops_and_one_image_classes_are_warned(tmp_path):
+    root = _class_tree(tmp_path / "new", {"cat": 3, "dog": 1})
+    _class_tree(root / "cat", {"more": 2})
+    (root / "cat" / "loop").symlink_to(root / "cat", target_is_directory=True)
+    names, n, seen = _read(root)
+    assert names == ["cat", "dog"] and n == 4
+    assert any("2 image(s) in nested sub-folders are ignored" in w for w in seen)
+    assert any("loop: symlink loop ignored" in w for w in seen)
+    assert any("dog: class has only 1 image" in w for w in seen)
+
+
+def test_train_on_a_folder_offers_only_options_it_has(tmp_path):
+    root = _class_tree(tmp_path / "data", {"a": 3, "b": 3})
+    (root / "a" / "broken.png").write_bytes(b"not a png")
+    args = ["train", "--dataset", "folder", "--root", str(root), "--image-size", "8",
+            "--base-classes", "2", "--steps", "1", "--epochs", "1", "--no-progress",
+            "--out", str(tmp_path / "run")]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code != 0 and "use --skip-bad" in result.output
+    result = CliRunner().invoke(cli, args + ["--skip-bad"])
+    assert result.exit_code == 0, result.output

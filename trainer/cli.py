@@ -53,10 +53,12 @@ _DEFAULTS = StepConfig()
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("runs/last"),
               show_default=True, help="Folder for bundle.safetensors and results.json.")
+@click.option("--skip-bad", is_flag=True, help="--dataset folder: skip unreadable images "
+              "instead of refusing.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 def train(dataset, root, train_per_class, image_size, arch, method, order_seed, base_classes,
           increment, max_steps, recipe, epochs, finetune_epochs, lr, batch_size, prune_ratio,
-          augment, classifier, exemplars_per_class, device, seed, out, progress):
+          augment, classifier, exemplars_per_class, device, seed, out, skip_bad, progress):
     """Train step by step on a dataset and write the bundle and results.json."""
     from m2kd.runtime.devices import resolve_device
     from m2kd.runtime.engine import recipe_config
@@ -68,7 +70,7 @@ def train(dataset, root, train_per_class, image_size, arch, method, order_seed, 
     create_method(method)  # fail on a bad name before loading data
     resolve_device(device)
     data = load_dataset(dataset, str(root) if root else None, seed=seed, image_size=image_size,
-                        train_per_class=train_per_class)
+                        train_per_class=train_per_class, skip_bad=skip_bad)
     protocol = Protocol(base_classes, increment,
                         class_order(data.num_classes, None if order_seed < 0 else order_seed),
                         max_steps)

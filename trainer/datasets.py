@@ -107,15 +107,32 @@ def load_fashion_mnist(root: str | Path | None = None, train_per_class: int | No
                         split=split, train_per_class=train_per_class)
 
 
+def _check_cifar_files(cls, root: Path, num_classes: int) -> None:
+    """One line naming the first official file that is missing or differs. The files are
+    pickles (reading one runs code a crafted file holds): only trusted, official files."""
+    from torchvision.datasets import cifar
+
+    for name, md5 in cls.train_list + cls.test_list:
+        path = root / cls.base_folder / name
+        if not path.is_file():
+            raise DataError(f"cifar{num_classes}: {path} is missing; --root must hold the "
+                            f"official python version ({cls.base_folder}/, from {cls.filename})")
+        if not cifar.check_integrity(str(path), md5):
+            raise DataError(f"cifar{num_classes}: {path} is not the official file (md5 "
+                            f"expected {md5}); only official, trusted files are read")
+
+
 def load_cifar(root: str | Path, num_classes: int) -> Dataset:
     from torchvision import datasets
 
     cls = datasets.CIFAR10 if num_classes == 10 else datasets.CIFAR100
+    _check_cifar_files(cls, Path(root), num_classes)
     try:
         train = cls(str(root), train=True, download=False)
         test = cls(str(root), train=False, download=False)
-    except RuntimeError as e:
-        raise DataError(f"cifar{num_classes} not found under {root}: {e}") from None
+    except (RuntimeError, OSError, ValueError) as e:
+        raise DataError(f"cifar{num_classes} under {root} is unreadable "
+                        f"({e.__class__.__name__})") from None
     pixels = np.concatenate([train.data, test.data]).transpose(0, 3, 1, 2) / 255.0
     labels = np.array(list(train.targets) + list(test.targets))
     n = len(train.data)
@@ -125,22 +142,22 @@ def load_cifar(root: str | Path, num_classes: int) -> Dataset:
 
 
 def load_folder(root: str | Path, image_size: int = 32, channels: int = 3,
-                seed: int = 0) -> Dataset:
+                seed: int = 0, skip_bad: bool = False) -> Dataset:
     from m2kd.runtime.folders import read_class_folders
 
     root = Path(root)
     probe = InputSpec(channels, image_size, image_size, (0.0,) * channels, (1.0,) * channels)
     if (root / "train").is_dir():
-        names, x_tr, y_tr = read_class_folders(root / "train", probe)
+        names, x_tr, y_tr = read_class_folders(root / "train", probe, skip_bad)
         test_root = root / "test" if (root / "test").is_dir() else root / "val"
-        names_te, x_te, y_te = read_class_folders(test_root, probe)
+        names_te, x_te, y_te = read_class_folders(test_root, probe, skip_bad)
         if names_te != names:
             raise DataError(f"{test_root} has other classes than {root / 'train'}")
         pixels = torch.cat([x_tr, x_te]).numpy()
         labels = torch.cat([y_tr, y_te]).numpy()
         split = (np.arange(len(y_tr)), np.arange(len(y_tr), len(labels)))
         return _from_arrays("folder", pixels, labels, names, "resnet20", "flip", split=split)
-    names, x, y = read_class_folders(root, probe)
+    names, x, y = read_class_folders(root, probe, skip_bad)
     return _from_arrays("folder", x.numpy(), y.numpy(), names, "resnet20", "flip", seed=seed)
 
 
@@ -148,7 +165,8 @@ DATASETS = ("mnist5k", "digits", "fashion-mnist", "cifar10", "cifar100", "folder
 
 
 def load_dataset(name: str, root: str | None = None, seed: int = 0, image_size: int = 32,
-                 train_per_class: int | None = None) -> Dataset:
+                 train_per_class: int | None = None, skip_bad: bool = False) -> Dataset:
+    """`skip_bad`: drop unreadable images of a `folder` dataset instead of refusing."""
     if name == "digits":
         return load_digits_dataset(seed, train_per_class)
     if name == "mnist5k":
@@ -160,7 +178,7 @@ def load_dataset(name: str, root: str | None = None, seed: int = 0, image_size: 
     if name in ("cifar10", "cifar100"):
         return load_cifar(root, 10 if name == "cifar10" else 100)
     if name == "folder":
-        return load_folder(root, image_size)
+        return load_folder(root, image_size, skip_bad=skip_bad)
     raise ConfigError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
 
 
