@@ -10,6 +10,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import torch
 from click.testing import CliRunner
 from safetensors import safe_open
 from safetensors.torch import save_file
@@ -25,26 +26,36 @@ from tests.hostile import png_bomb
 SPEC = InputSpec(1, 8, 8, (0.5,), (0.5,))
 GOLDEN_V2 = Path(__file__).parent / "data" / "golden-v2.safetensors"
 
-# Peak RSS growth (MB) of a fresh process decoding `path` with `max_pixels`.
+# Peak RSS growth (MB) of a fresh process decoding `path` with `max_pixels` (Linux /proc).
 _PEAK_GROWTH = textwrap.dedent("""
-    import resource, sys
+    import sys
+    from pathlib import Path
     from m2kd.runtime.bundle import InputSpec
     from m2kd.runtime.images import load_image
     from m2kd.runtime.errors import DataError
+
+    def kib(field):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+
     spec = InputSpec(1, 8, 8, (0.5,), (0.5,))
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    Path("/proc/self/clear_refs").write_text("5")  # reset the peak (VmHWM) to now
+    before = kib("VmRSS")
     try:
         load_image(sys.argv[1], spec, int(sys.argv[2]))
-    except DataError:
-        pass
-    print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)
+        outcome = "decoded"
+    except DataError as e:
+        outcome = str(e)
+    print((kib("VmHWM") - before) / 1024)
+    print(outcome)
 """)
 
 
 def _peak_growth_mb(path, max_pixels: int) -> float:
     out = subprocess.run([sys.executable, "-c", _PEAK_GROWTH, str(path), str(max_pixels)],
                          capture_output=True, text=True, check=True)
-    return float(out.stdout.strip())
+    return float(out.stdout.strip().splitlines()[0]), out.stdout + out.stderr
 
 
 def test_pixel_bomb_is_refused_before_decoding_with_bounded_memory(tmp_path):
@@ -52,8 +63,10 @@ def test_pixel_bomb_is_refused_before_decoding_with_bounded_memory(tmp_path):
     bomb.write_bytes(png_bomb(9000, 9000))  # 0.2 MB file, 243 MB decoded
     with pytest.raises(ImageTooLarge, match="9000x9000 pixels is over the limit"):
         load_image(bomb, SPEC)
-    assert _peak_growth_mb(bomb, 4096 * 4096) < 30
-    assert _peak_growth_mb(bomb, 10**9) > 200  # the same file, decoded: what the limit saves
+    bounded, log = _peak_growth_mb(bomb, 4096 * 4096)
+    assert bounded < 30, log
+    unbounded, log = _peak_growth_mb(bomb, 10**9)
+    assert unbounded > 200, log  # the same file, decoded: what the limit saves
 
 
 def test_an_image_within_the_limit_still_decodes(tmp_path):
@@ -186,3 +199,20 @@ def test_train_on_a_folder_offers_only_options_it_has(tmp_path):
     assert result.exit_code != 0 and "use --skip-bad" in result.output
     result = CliRunner().invoke(cli, args + ["--skip-bad"])
     assert result.exit_code == 0, result.output
+
+
+@pytest.mark.parametrize("step", [0, -1, 3, 2.5, True, "1"])
+def test_both_backends_refuse_a_step_that_is_not_an_integer_in_range(tmp_path, step):
+    from m2kd.export.onnx_export import all_steps_graph_bytes
+    from m2kd.runtime.api import Runtime
+    from m2kd.runtime.errors import ConfigError
+    from m2kd.runtime.onnx_backend import OnnxModel
+
+    bundle = load_bundle(GOLDEN_V2)  # 2 steps
+    x = torch.zeros(1, 1, 8, 8)
+    with pytest.raises(ConfigError, match="does not exist"):
+        Runtime(bundle, device="cpu").predict(x, step=step)
+    graph = tmp_path / "all.onnx"
+    graph.write_bytes(all_steps_graph_bytes(bundle))
+    with pytest.raises(ConfigError, match="does not exist"):
+        OnnxModel(graph, "cpu").predict(x.clamp(0, 1), step=step)
