@@ -14,6 +14,7 @@ class after each step with FeCAM built from class statistics in different spaces
 - lda:       linear discriminant (shared shrunk covariance) on base-space statistics;
 - pseudo:    softmax head fitted on balanced Gaussian pseudo-features of base-space statistics;
 - base+lda:  FeCAM base scores + LDA log-odds;
+- pseudo+own: log-softmax of the pseudo head + log-softmax of the own-space FeCAM scores;
 - head:      the bundle's sigmoid head.
 
     python benchmarks/classifier_spaces.py --dataset mnist5k --base-classes 2 --seeds 0,1,2
@@ -38,7 +39,7 @@ from m2kd.trainer.orders import named_order
 from m2kd.trainer.protocol import Protocol, run_protocol
 
 VARIANTS = ("base", "own", "base+own", "transport", "base+transport", "lda", "pseudo",
-            "base+lda", "oracle", "head")
+            "base+lda", "pseudo+own", "oracle", "head")
 
 
 def ridge_map(source: torch.Tensor, target: torch.Tensor, lam: float = 1e-2) -> torch.Tensor:
@@ -80,7 +81,8 @@ def evaluate(bundle, data, order, steps) -> dict[str, list[float]]:
         out["lda"].append(acc(s_lda))
         out["base+lda"].append(acc(s_base + s_lda.log_softmax(1)))
         pseudo = LinearOnStats(*pseudo_feature_head(base_stats), 0.5)
-        out["pseudo"].append(acc(pseudo(test_feats[0][test])))
+        s_pseudo = pseudo(test_feats[0][test])
+        out["pseudo"].append(acc(s_pseudo))
         # transport: birth-space statistics moved to snapshot k by a map fitted on step k's images
         new = torch.isin(ytr, torch.tensor([head_index[c] for c in steps[k]]))
         parts = []
@@ -101,6 +103,7 @@ def evaluate(bundle, data, order, steps) -> dict[str, list[float]]:
             s_own[:, cls] = fecam(test_feats[s][test])
         out["own"].append(acc(s_own))
         out["base+own"].append(acc(s_base + s_own))
+        out["pseudo+own"].append(acc(s_pseudo.log_softmax(1) + s_own.log_softmax(1)))
         s_tr = FeCAM(ClassStats.concat(parts), 0.5)(test_feats[k][test])
         out["transport"].append(acc(s_tr))
         out["base+transport"].append(acc(s_base + s_tr))
@@ -124,15 +127,19 @@ def main() -> None:
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--method", default="m2kd")
     p.add_argument("--out", default="runs/classifier_spaces")
+    p.add_argument("--train-per-class", type=int, help="as the bench presets subsample")
+    p.add_argument("--bundles", help="reuse bench bundles: DIR/seed<N>/bundle.safetensors")
     args = p.parse_args()
     torch.set_num_threads(2)
     finals: dict[str, list[float]] = {v: [] for v in VARIANTS}
     avgs: dict[str, list[float]] = {v: [] for v in VARIANTS}
     for seed in [int(s) for s in args.seeds.split(",")]:
-        data = load_dataset(args.dataset, seed=seed)
+        data = load_dataset(args.dataset, seed=seed, train_per_class=args.train_per_class)
         order = named_order(f"seed:{seed}", data.num_classes)
         protocol = Protocol(args.base_classes, args.increment, order)
         run_dir = Path(args.out) / f"{args.dataset}-b{args.base_classes}-{args.method}-s{seed}"
+        if args.bundles:
+            run_dir = Path(args.bundles) / f"seed{seed}"
         if not (run_dir / "bundle.safetensors").is_file():
             cfg = StepConfig(seed=seed, augment="none", device="cpu", progress=False)
             run_protocol(data, protocol, args.method, cfg, run_dir, log=lambda s: None)

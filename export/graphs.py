@@ -25,7 +25,8 @@ from torch import nn
 from m2kd.runtime.backbones import BasicBlock, ResNet
 from m2kd.runtime.bundle import Bundle
 from m2kd.runtime.class_stats import tukey
-from m2kd.runtime.classifier import LINEAR_KINDS, build_classifier, feature_steps
+from m2kd.runtime.classifier import LINEAR_KINDS, base_classifier, build_classifier, combine, \
+    feature_steps
 from m2kd.runtime.reconstruct import check_step, model_of_step
 
 BN_EPS = 1e-5
@@ -93,7 +94,7 @@ class StepGraph(nn.Module):
 def _stacked_linear_heads(bundle: Bundle, n_max: int):
     """(beta, W (K, n_max, D), b (K, n_max)) of each step's statistics-fitted linear head;
     a step's unknown classes get weight 0 and bias -inf."""
-    heads = [build_classifier(bundle, k).classifier for k in range(1, bundle.num_steps + 1)]
+    heads = [base_classifier(bundle, k) for k in range(1, bundle.num_steps + 1)]
     weight = torch.zeros(bundle.num_steps, n_max, heads[0].weight.shape[1])
     bias = torch.full((bundle.num_steps, n_max), float("-inf"))
     for k, head in enumerate(heads):
@@ -175,18 +176,19 @@ class AllStepsGraph(nn.Module):
     def forward(self, x: torch.Tensor, step: torch.Tensor):
         x = self.pre(x) if self.pre is not None else x
         idx = self._index(step)
-        if self.linear:
-            features = tukey(self._features(x, torch.ones_like(step), torch.zeros_like(idx)),
-                             self.beta)
-            bias = self.lin_b.index_select(0, idx)[0]
-            logits = features @ self.lin_w.index_select(0, idx)[0].t() + bias
-            return logits, torch.softmax(logits, dim=1), torch.isfinite(bias)
+        pad = self.class_pad.index_select(0, idx)[0]
         if self.classifier is not None:  # features of fixed snapshots; the step picks classes
             features = [self._features(x, torch.full_like(step, j), torch.full_like(idx, j - 1))
                         for j in self.feature_steps]
-            logits = self.classifier(features) + self.class_pad.index_select(0, idx)[0]
-            valid = torch.isfinite(self.class_pad.index_select(0, idx)[0])
-            return logits, torch.softmax(logits, dim=1), valid
+        if self.linear:
+            bias = self.lin_b.index_select(0, idx)[0]
+            logits = tukey(features[0], self.beta) @ self.lin_w.index_select(0, idx)[0].t() + bias
+            if self.classifier.own is not None:
+                logits = combine(logits, self.classifier.own(features) + pad, as_log_probs=True)
+            return logits, torch.softmax(logits, dim=1), torch.isfinite(pad)
+        if self.classifier is not None:  # FeCAM: every class's score is step-independent
+            logits = self.classifier(features) + pad
+            return logits, torch.softmax(logits, dim=1), torch.isfinite(pad)
         features = self._features(x, step, idx)
         weight = self.head_w.index_select(0, idx)[0]
         bias = self.head_b.index_select(0, idx)[0]

@@ -1,23 +1,24 @@
 """How a bundle classifies: the scorer of a step, used by every inference path.
 
-The bundle's `classifier` metadata says which:
+The bundle's `classifier` metadata says which. Every statistics classifier reads the
+features of snapshot 1 (the base space) and, with `"space": "base+own"`, also each
+class's own snapshot (the step that learned it); both are rebuilt exactly from the
+bundle, so no statistic goes stale. A step-k scorer with an own space runs snapshots
+1..k (k forward passes); a base-only one runs snapshot 1 (the cost of a plain model).
 
-- `{"kind": "head"}`: the step's head on the step's own features (v1 bundles, the paper);
-- `{"kind": "fecam", "space": "base+own", "beta", "g1", "g2"}` (`--classifier stats`, the
-  default): the sum of two FeCAM scores (runtime/stats_classifier.py) per class, one on
-  the features of snapshot 1 with every class's statistics in that space, one on the
-  features of the class's own snapshot (the step that learned it) with its statistics
-  there. Both snapshots are rebuilt exactly from the bundle, so no statistic goes stale;
-  a step k scorer runs snapshots 1..k (k forward passes);
-- `{"kind": "fecam", "space": "base", ...}` (`--classifier stats-base`): the first term
-  alone; one forward pass of snapshot 1, the cost of a plain model;
-- `{"kind": "lda" | "pseudo", "space": "base", ...}`: a linear head on snapshot 1's
-  features computed from the statistics when the bundle loads (runtime/linear_from_stats.py):
-  closed-form LDA, or softmax fitted on balanced Gaussian pseudo-features. One pass.
+- `stats` (the default; pseudo, base+own): log-softmax of a softmax head fitted on
+  Gaussian pseudo-features of the base-space statistics + log-softmax of FeCAM in each
+  class's own space;
+- `pseudo` (pseudo, base): the pseudo-feature head alone;
+- `fecam` (fecam, base+own): FeCAM in the base space + FeCAM in each class's own space;
+- `fecam-base` (fecam, base): FeCAM in the base space;
+- `lda` (lda, base): closed-form LDA on the base-space statistics;
+- `head` (head): the step's sigmoid head (v1 bundles, the papers).
 
-docs/methods.md records the measurement that chose the default (SEED-style combination of
-per-snapshot scores; FeCAM's distances are in units of each space's typical
-within-class distance, which makes the scores of different spaces comparable).
+docs/methods.md records the measurement that chose the default. FeCAM distances are
+in units of each space's typical within-class distance (runtime/stats_classifier.py),
+which makes the scores of different spaces comparable; the pseudo head and the own
+FeCAM are combined as log-probabilities.
 
 `scorer_of_step(bundle, k)` returns a module mapping normalised images to scores
 (N, classes of steps 1..k): the logits of inference, the ONNX graphs and the server.
@@ -38,33 +39,35 @@ from .stats_classifier import FeCAM
 
 SPACES = ("base", "base+own")
 LINEAR_KINDS = ("lda", "pseudo")  # a linear head on snapshot 1, fitted per step
+_FECAM = {"beta": TUKEY_BETA, "g1": 1.0, "g2": 1.0}
+_PSEUDO = {"beta": TUKEY_BETA, "per_class": 256, "seed": 0, "g1": 1.0, "g2": 1.0}
+_CONFIGS = {
+    "stats": {"kind": "pseudo", "space": "base+own", **_PSEUDO},
+    "pseudo": {"kind": "pseudo", "space": "base", **_PSEUDO},
+    "fecam": {"kind": "fecam", "space": "base+own", **_FECAM},
+    "fecam-base": {"kind": "fecam", "space": "base", **_FECAM},
+    "lda": {"kind": "lda", "space": "base", "beta": TUKEY_BETA, "shrinkage": 1.0},
+    "head": {"kind": "head"},
+}
 
 
 def classifier_config(kind: str) -> dict:
     """The bundle metadata for `--classifier` (runtime/classifier_option.py)."""
-    if kind == "head":
-        return {"kind": "head"}
-    if kind == "lda":
-        return {"kind": "lda", "space": "base", "beta": TUKEY_BETA, "shrinkage": 1.0}
-    if kind == "pseudo":
-        return {"kind": "pseudo", "space": "base", "beta": TUKEY_BETA, "per_class": 256,
-                "seed": 0}
-    if kind in ("stats", "stats-base"):
-        space = "base+own" if kind == "stats" else "base"
-        return {"kind": "fecam", "space": space, "beta": TUKEY_BETA, "g1": 1.0, "g2": 1.0}
-    raise ConfigError(f"unknown classifier {kind!r}; choose {', '.join(CLASSIFIERS)}")
+    if kind not in _CONFIGS:
+        raise ConfigError(f"unknown classifier {kind!r}; choose {', '.join(CLASSIFIERS)}")
+    return dict(_CONFIGS[kind])
 
 
 def describe_classifier(spec: dict) -> str:
-    if spec.get("kind") == "head":
+    kind = spec.get("kind")
+    if kind == "head":
         return "the sigmoid head of the last step"
-    if spec.get("kind") in ("lda", "pseudo"):
-        what = "LDA" if spec["kind"] == "lda" else "a softmax head fitted on pseudo-features"
-        return f"{what} from class statistics in the base snapshot's space"
+    what = {"lda": "LDA", "pseudo": "a softmax head fitted on pseudo-features",
+            "fecam": "FeCAM"}.get(kind, kind)
+    what = f"{what} from class statistics in the base snapshot's space"
     if spec.get("space") == "base+own":
-        return (f"{spec.get('kind')} on class statistics in the base snapshot's space plus "
-                "each class's own snapshot's space")
-    return f"{spec.get('kind')} on class statistics in the {spec.get('space')} snapshot's space"
+        what += " + FeCAM in each class's own snapshot's space"
+    return what
 
 
 def feature_steps(bundle: Bundle, step: int) -> list[int]:
@@ -90,59 +93,72 @@ def own_stats(bundle: Bundle, k: int, space: str = "own") -> ClassStats:
     return stats[space]
 
 
-class BaseOwnFeCAM(nn.Module):
-    """FeCAM in the base space for every class + FeCAM in each class's own space.
+class OwnSpaces(nn.Module):
+    """FeCAM of each step's classes in that step's snapshot; takes the features of
+    snapshots 1..k and returns (N, classes of steps 1..k)."""
 
-    Takes the features of snapshots 1..k; each own-space FeCAM sets its distance unit
-    from its own classes, so every term is in units of its space's within-class distance.
+    def __init__(self, fecams: list[FeCAM]):
+        super().__init__()
+        self.fecams = nn.ModuleList(fecams)
+
+    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
+        return torch.cat([fecam(f) for fecam, f in zip(self.fecams, features)], dim=1)
+
+
+class BaseAndOwn(nn.Module):
+    """A base-space classifier, alone or combined with the own spaces.
+
+    FeCAM + own: distances add (same units). Linear head + own: log-probabilities add.
     """
 
-    def __init__(self, base: FeCAM, own: list[FeCAM]):
+    def __init__(self, base: nn.Module, own: OwnSpaces | None = None, as_log_probs=False):
         super().__init__()
-        self.base = base
-        self.own = nn.ModuleList(own)
+        self.base, self.own, self.as_log_probs = base, own, as_log_probs
 
     def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
-        own = torch.cat([fecam(f) for fecam, f in zip(self.own, features)], dim=1)
-        return self.base(features[0]) + own
+        scores = self.base(features[0])
+        if self.own is None:
+            return scores
+        return combine(scores, self.own(features), self.as_log_probs)
 
 
-class OnBase(nn.Module):
-    """A classifier of the features of snapshot 1 (given as a list of one tensor)."""
-
-    def __init__(self, classifier: nn.Module):
-        super().__init__()
-        self.classifier = classifier
-
-    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
-        return self.classifier(features[0])
+def combine(base: torch.Tensor, own: torch.Tensor, as_log_probs: bool) -> torch.Tensor:
+    if as_log_probs:
+        return base.log_softmax(1) + own.log_softmax(1)
+    return base + own
 
 
-def _linear_on_base(spec: dict, stats: ClassStats) -> OnBase:
+def base_classifier(bundle: Bundle, step: int) -> nn.Module:
+    """The base-space part of the classifier of `step`: FeCAM or a fitted linear head."""
+    spec, stats = bundle.classifier, stats_up_to(bundle, step, "base")
+    beta = float(spec["beta"])
+    if spec["kind"] == "fecam":
+        return FeCAM(stats, beta, float(spec["g1"]), float(spec["g2"]),
+                     scale_classes=len(bundle.steps[0].classes))
     if spec["kind"] == "lda":
         weight, bias = lda_head(stats, float(spec["shrinkage"]))
     else:
         weight, bias = pseudo_feature_head(stats, int(spec["per_class"]), seed=int(spec["seed"]))
-    return OnBase(LinearOnStats(weight, bias, float(spec["beta"])))
+    return LinearOnStats(weight, bias, beta)
 
 
-def build_classifier(bundle: Bundle, step: int) -> nn.Module | None:
+def own_spaces(bundle: Bundle, step: int) -> OwnSpaces:
+    spec = bundle.classifier
+    return OwnSpaces([FeCAM(own_stats(bundle, k), float(spec["beta"]), float(spec.get("g1", 1)),
+                            float(spec.get("g2", 1))) for k in range(1, step + 1)])
+
+
+def build_classifier(bundle: Bundle, step: int) -> BaseAndOwn | None:
     """The statistics classifier of `step` (taking `feature_steps`' features), or None when
     the head classifies."""
     spec = bundle.classifier
     if spec.get("kind") == "head":
         return None
-    if spec.get("kind") in LINEAR_KINDS and spec.get("space") == "base":
-        return _linear_on_base(spec, stats_up_to(bundle, step, "base"))
-    if spec.get("kind") != "fecam" or spec.get("space") not in SPACES:
+    if spec.get("kind") not in ("fecam", *LINEAR_KINDS) or spec.get("space") not in SPACES \
+            or (spec["kind"] == "lda" and spec["space"] != "base"):
         raise BundleFormatError(f"unknown classifier {spec!r} in the bundle metadata")
-    beta, g1, g2 = float(spec["beta"]), float(spec["g1"]), float(spec["g2"])
-    base = FeCAM(stats_up_to(bundle, step, "base"), beta, g1, g2,
-                 scale_classes=len(bundle.steps[0].classes))
-    if spec["space"] == "base":
-        return OnBase(base)
-    own = [FeCAM(own_stats(bundle, k), beta, g1, g2) for k in range(1, step + 1)]
-    return BaseOwnFeCAM(base, own)
+    own = own_spaces(bundle, step) if spec["space"] == "base+own" else None
+    return BaseAndOwn(base_classifier(bundle, step), own, spec["kind"] in LINEAR_KINDS)
 
 
 class StepScorer(nn.Module):

@@ -2,11 +2,12 @@
 
 import click
 
-CLASSIFIERS = ("stats", "stats-base", "pseudo", "lda", "head")
+CLASSIFIERS = ("stats", "pseudo", "fecam", "fecam-base", "lda", "head")
 
 classifier_option = click.option(
     "--classifier", type=click.Choice(CLASSIFIERS), default="stats", show_default=True,
-    help="stats: FeCAM on class statistics in the base and each class's own snapshot "
-         "(k forward passes at step k); stats-base: base snapshot only (one pass); "
-         "pseudo / lda: a linear head on the base snapshot fitted on Gaussian "
-         "pseudo-features / closed-form LDA (one pass); head: the sigmoid head (the papers').")
+    help="stats: a softmax head fitted on Gaussian pseudo-features of the base snapshot's "
+         "class statistics + FeCAM in each class's own snapshot (k forward passes at step "
+         "k); pseudo: the pseudo-feature head alone (one pass); fecam / fecam-base: FeCAM "
+         "in the base + own / base space; lda: closed-form LDA (one pass); head: the "
+         "sigmoid head (the papers').")

@@ -59,9 +59,9 @@ class StepConfig:
     finetune_epochs: int | None = None  # None: epochs // 2
     augment: str = "flip"  # "flip" or "none"; both are finite, so teachers are cached
     teacher_mode: str = "cache"  # "cache" (once per step) or "live" (per batch)
-    # How the bundle classifies: "stats" (FeCAM on class statistics in the base and each
-    # class's own snapshot, runtime/classifier.py), "stats-base" (base snapshot only: one
-    # forward pass) or "head" (the paper's sigmoid head). Statistics are stored either way.
+    # How the bundle classifies (runtime/classifier.py): "stats" (from the class statistics
+    # in the base and each class's own snapshot), the other statistics classifiers, or
+    # "head" (the paper's sigmoid head). Statistics are stored either way.
     classifier: str = "stats"
     device: str = "auto"
     # bf16 autocast of the forward pass and losses on CUDA ("auto": when the GPU supports

@@ -125,19 +125,25 @@ def test_own_space_statistics_are_those_of_the_exact_snapshot(three_step_bundle,
         assert (stored.cov - again.cov).abs().max() <= 1e-5
 
 
+def _own(bundle, x, step):
+    """FeCAM of each step's classes in that step's own snapshot."""
+    return torch.cat([FeCAM(rec.stats["own" if k > 1 else "base"], 0.5)(
+        model_of_step(bundle, k)(x).features) for k, rec in enumerate(bundle.steps[:step], 1)], 1)
+
+
 def _by_hand(bundle, x, step):
-    """FeCAM in the base space for every class + FeCAM in each class's own space."""
-    base = FeCAM(stats_up_to(bundle, step), 0.5, scale_classes=len(bundle.steps[0].classes))
-    scores = base(model_of_step(bundle, 1)(x).features)
-    own = [FeCAM(rec.stats["own" if k > 1 else "base"], 0.5)(model_of_step(bundle, k)(x).features)
-           for k, rec in enumerate(bundle.steps[:step], start=1)]
-    return scores + torch.cat(own, 1)
+    """The default: pseudo-feature head on base features + FeCAM in each own space, added
+    as log-probabilities."""
+    head = LinearOnStats(*pseudo_feature_head(stats_up_to(bundle, step)), beta=0.5)
+    base = head(model_of_step(bundle, 1)(x).features)
+    return base.log_softmax(1) + _own(bundle, x, step).log_softmax(1)
 
 
 @torch.no_grad()
 def test_runtime_predicts_with_the_statistics_classifier(three_step_bundle, digits):
     bundle = three_step_bundle[-1]
-    assert bundle.classifier["space"] == "base+own"
+    assert bundle.classifier == classifier_config("stats")
+    assert bundle.classifier["kind"] == "pseudo" and bundle.classifier["space"] == "base+own"
     x = digits.test_images[:16]
     expected = _by_hand(bundle, x, 3).argmax(1)
     runtime = Runtime(bundle, device="cpu")
@@ -147,15 +153,18 @@ def test_runtime_predicts_with_the_statistics_classifier(three_step_bundle, digi
 
 
 @torch.no_grad()
-def test_stats_base_reads_the_base_snapshot_only(three_step_bundle, digits):
+def test_fecam_classifiers_read_the_spaces_they_name(three_step_bundle, digits):
     bundle = copy.copy(three_step_bundle[-1])
-    bundle.classifier = classifier_config("stats-base")
     x = digits.test_images[:16]
+    base = FeCAM(stats_up_to(bundle, 3), 0.5, scale_classes=2)(model_of_step(bundle, 1)(x).features)
+    bundle.classifier = classifier_config("fecam-base")
     scorer = scorer_of_step(bundle, 3)
     assert len(scorer.models) == 1
-    expected = FeCAM(stats_up_to(bundle, 3), 0.5, scale_classes=2)(
-        model_of_step(bundle, 1)(x).features)
-    assert torch.allclose(scorer(x), expected, atol=1e-5)
+    assert torch.allclose(scorer(x), base, atol=1e-5)
+    bundle.classifier = classifier_config("fecam")
+    scorer = scorer_of_step(bundle, 3)
+    assert len(scorer.models) == 3
+    assert torch.allclose(scorer(x), base + _own(bundle, x, 3), atol=1e-4)
 
 
 def test_golden_v2_bundle_loads_verifies_and_classifies():

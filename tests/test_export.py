@@ -50,7 +50,7 @@ def test_step_graph_passes_checker_and_parity(bundle, step):
     assert all(r.max_abs_diff <= 1e-4 for r in results)
 
 
-@pytest.mark.parametrize("kind", ["stats-base", "pseudo", "lda", "head"])
+@pytest.mark.parametrize("kind", ["fecam", "fecam-base", "pseudo", "lda", "head"])
 def test_every_classifier_exports_with_parity(bundle, kind):
     other = copy.copy(bundle)
     other.classifier = classifier_config(kind)
