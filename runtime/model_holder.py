@@ -101,7 +101,7 @@ class ModelHolder:
 
     def _count(self, result: str) -> None:
         if self.metrics is not None:
-            self.metrics.reloads.inc(result=result)
+            self.metrics.reloads.labels(result=result).inc()
 
 
 def watch_interval() -> float:

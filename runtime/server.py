@@ -27,7 +27,7 @@ from .batching import MicroBatcher
 from .errors import M2KDError
 from .images import MAX_PIXELS, ImageTooLarge, decode_bounded
 from .model_holder import ModelHolder, watch_interval
-from .prometheus import ServerMetrics
+from .prometheus import CONTENT_TYPE, ServerMetrics
 
 
 @dataclass
@@ -174,21 +174,25 @@ def create_app(holder: ModelHolder, settings: ServeSettings,
     app = FastAPI(title="m2kd", description="Class-incremental image classifier.",
                   lifespan=lifespan)
 
+    known_routes: set[str] = set()
+
     @app.middleware("http")
     async def observe(request: Request, call_next):
         started = time.perf_counter()
         public = request.url.path in ("/healthz", "/readyz")
+        # unknown paths share one label, so probing random URLs cannot grow the metrics
+        route = request.url.path if request.url.path in known_routes else "other"
         if settings.token and not public:
             sent = request.headers.get("authorization", "")
             if not hmac.compare_digest(sent.encode(), f"Bearer {settings.token}".encode()):
                 response = _error(401, "unauthorized", "missing or wrong bearer token")
-                metrics.requests.inc(route=request.url.path, status="401")
+                metrics.requests.labels(route=route, status="401").inc()
                 return response
         try:
             response = await call_next(request)
         except ApiError as e:
             response = _error(e.status, e.code, e.message)
-        metrics.requests.inc(route=request.url.path, status=str(response.status_code))
+        metrics.requests.labels(route=route, status=str(response.status_code)).inc()
         metrics.latency.observe(time.perf_counter() - started)
         return response
 
@@ -264,7 +268,8 @@ def create_app(holder: ModelHolder, settings: ServeSettings,
 
     @app.get("/metrics", response_class=PlainTextResponse)
     async def prometheus():
-        return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4")
+        return PlainTextResponse(metrics.render(), media_type=CONTENT_TYPE)
 
+    known_routes.update(route.path for route in app.routes)
     app.add_middleware(BodyLimit, max_bytes=int(settings.max_body_mb * 2**20))
     return app

@@ -151,6 +151,10 @@ def test_unknown_route_and_wrong_method_use_the_error_shape(bundle_file):
                                 (c.get("/v1/predict"), 405, "method_not_allowed")):
             assert r.status_code == status
             assert r.json()["error"]["code"] == code and r.json()["error"]["message"]
+        for i in range(20):
+            c.get(f"/probe-{i}")
+        metrics = c.get("/metrics").text
+        assert 'route="other",status="404"} 21.0' in metrics and "probe-" not in metrics
 
 
 def test_token_is_required_except_for_health(bundle_file):
