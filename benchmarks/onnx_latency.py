@@ -1,9 +1,11 @@
 """Latency (batch 1) and throughput (batch 64) of the ways to run step K of a bundle,
 measured side by side in one process, plus file sizes.
 
-Compared: the torch runtime's model of step K; the per-step ONNX graph; the
-all-steps ONNX graph; and a plain, unmasked model of the same architecture
-(random weights, BatchNorm folded the same way) exported the same way.
+Compared: `Runtime.scorer(K)` (what `Runtime.predict` and `m2kd serve` run: rebuilt
+once, BatchNorm folded, cached) with the head, with a one-pass statistics classifier
+(pseudo) and with the default (pseudo + own FeCAM: K forward passes), against a plain
+torch model of the same architecture (random weights, BatchNorm folded); the per-step
+and all-steps ONNX graphs against that plain model exported the same way.
 Usage: python benchmarks/onnx_latency.py [--bundle B] [--arch resnet32] [--repeats 50]
 Without --bundle it builds a 3-step bundle of random data (cost, not accuracy).
 """
@@ -11,6 +13,7 @@ Without --bundle it builds a 3-step bundle of random data (cost, not accuracy).
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import statistics
 import tempfile
@@ -19,11 +22,13 @@ import time
 import numpy as np
 import torch
 
-from m2kd.export.graphs import fold_batchnorm
+from m2kd.runtime.fold_batchnorm import fold_batchnorm
 from m2kd.export.onnx_export import OPSET, all_steps_graph_bytes, step_graph_bytes
+from m2kd.runtime.api import Runtime
 from m2kd.runtime.backbones import create_backbone
 from m2kd.runtime.bundle import InputSpec, load_bundle, save_bundle
 from m2kd.runtime.engine import StepConfig, StepData, run_step
+from m2kd.runtime.classifier import classifier_config
 from m2kd.runtime.m2kd import M2KD
 from m2kd.runtime.reconstruct import model_of_step
 
@@ -79,6 +84,8 @@ def main() -> None:
     p.add_argument("--bundle")
     p.add_argument("--arch", default="resnet32")
     p.add_argument("--repeats", type=int, default=50)
+    p.add_argument("--onnx-classifier", default="pseudo",
+                   help="the classifier baked into the ONNX graphs (pseudo: one pass)")
     args = p.parse_args()
     import onnxruntime as ort
 
@@ -86,21 +93,27 @@ def main() -> None:
     bundle = load_bundle(args.bundle) if args.bundle else synthetic_bundle(args.arch, 3)
     k = bundle.num_steps
     s = bundle.input_spec
-    graphs = {"per-step onnx": step_graph_bytes(bundle, k),
-              "all-steps onnx": all_steps_graph_bytes(bundle),
+    exported = copy.copy(bundle)
+    exported.classifier = classifier_config(args.onnx_classifier)
+    graphs = {"per-step onnx": step_graph_bytes(exported, k),
+              "all-steps onnx": all_steps_graph_bytes(exported),
               "plain onnx": plain_graph(bundle)}
     options = ort.SessionOptions()
     options.intra_op_num_threads = 2
     sessions = {n: ort.InferenceSession(d, options, providers=["CPUExecutionProvider"])
                 for n, d in graphs.items()}
-    torch_model = model_of_step(bundle, k)
+    torch_models = {"plain torch": fold_batchnorm(model_of_step(bundle, k)).eval()}
+    for kind in ("head", "pseudo", "stats"):
+        variant = copy.copy(bundle)
+        variant.classifier = classifier_config(kind)
+        torch_models[f"runtime {kind}"] = Runtime(variant, device="cpu").scorer(k)
     rows = {}
     for batch in (1, 64):
         x = torch.randn(batch, s.channels, s.height, s.width)
         feed = {"input": x.numpy()}
         with torch.no_grad():
-            rows.setdefault("torch runtime", []).append(
-                timed(lambda x=x: torch_model(x), args.repeats))
+            for name, model in torch_models.items():
+                rows.setdefault(name, []).append(timed(lambda x=x, m=model: m(x), args.repeats))
         for name, sess in sessions.items():
             f = dict(feed, step=np.array([k])) if name == "all-steps onnx" else feed
             rows.setdefault(name, []).append(
@@ -108,10 +121,13 @@ def main() -> None:
     print(f"{bundle.arch}, input {s.channels}x{s.height}x{s.width}, step {k} of {k}, CPU "
           f"({torch.get_num_threads()} threads), median of {args.repeats}")
     print(f"{'':16}{'batch 1 ms':>11}{'batch 64 img/s':>16}{'vs plain (b1, b64)':>22}")
-    plain = rows["plain onnx"]
     for name, (t1, t64) in rows.items():
+        plain = rows["plain onnx" if "onnx" in name else "plain torch"]
         print(f"{name:16}{1000 * t1:>11.3f}{64 / t64:>16.0f}"
               f"{t1 / plain[0]:>12.2f}x{t64 / plain[1]:>9.2f}x")
+    print("torch rows against plain torch, onnx rows (classifier "
+          f"{args.onnx_classifier}) against plain onnx; the default classifier (runtime "
+          f"stats) runs the {k} snapshots it reads")
     with tempfile.TemporaryDirectory() as tmp:
         save_bundle(bundle, f"{tmp}/b.safetensors")
         bundle_bytes = os.path.getsize(f"{tmp}/b.safetensors")

@@ -22,39 +22,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from m2kd.runtime.backbones import BasicBlock, ResNet
+from m2kd.runtime.backbones import BasicBlock
 from m2kd.runtime.bundle import Bundle
 from m2kd.runtime.class_stats import tukey
+from m2kd.runtime.fold_batchnorm import fold_batchnorm
 from m2kd.runtime.classifier import LINEAR_KINDS, base_classifier, build_classifier, combine, \
     feature_steps
 from m2kd.runtime.reconstruct import check_step, model_of_step
 
 BN_EPS = 1e-5
-
-
-def _fold(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
-    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-    folded = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
-                       conv.padding, bias=True)
-    with torch.no_grad():
-        folded.weight.copy_(conv.weight * scale.view(-1, 1, 1, 1))
-        folded.bias.copy_(bn.bias - bn.running_mean * scale)
-    return folded
-
-
-@torch.no_grad()
-def fold_batchnorm(model: ResNet) -> ResNet:
-    """In place: every conv absorbs the BatchNorm that follows it (eval-mode statistics)."""
-    model.stem[0] = _fold(model.stem[0], model.stem[1])
-    model.stem[1] = nn.Identity()
-    for stage in model.stages:
-        for block in stage:
-            block.conv1, block.bn1 = _fold(block.conv1, block.bn1), nn.Identity()
-            block.conv2, block.bn2 = _fold(block.conv2, block.bn2), nn.Identity()
-            if len(block.shortcut):
-                block.shortcut[0] = _fold(block.shortcut[0], block.shortcut[1])
-                block.shortcut[1] = nn.Identity()
-    return model.eval()
 
 
 class Preprocess(nn.Module):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections import OrderedDict
 from pathlib import Path
 
 import torch
@@ -17,6 +18,8 @@ from .classifier import scorer_of_step
 from .reconstruct import ProbeCheck, check_probes, check_step
 from .update import NewClasses, add_classes, read_new_classes, refuse_known_classes
 
+CACHED_STEPS = 4  # rebuilt steps kept by Runtime.scorer (least recently used dropped)
+
 
 class Runtime:
     """A loaded bundle, ready to predict (and, see `add_classes`, to learn)."""
@@ -24,7 +27,9 @@ class Runtime:
     def __init__(self, bundle: Bundle, device: str = "auto"):
         self.bundle = bundle
         self.device = resolve_device(device)
-        self._models: dict[int, torch.nn.Module] = {}
+        # Rebuilt, BatchNorm-folded scorers of the steps served most recently (LRU);
+        # `add_classes` clears it, a reload makes a new Runtime.
+        self._models: OrderedDict[int, torch.nn.Module] = OrderedDict()
 
     @classmethod
     def load(cls, path: str | os.PathLike, device: str = "auto", verify: bool = True
@@ -46,8 +51,12 @@ class Runtime:
     def scorer(self, step: int | None = None) -> torch.nn.Module:
         """The module inference runs for `step` (default: the last): images -> scores."""
         step = check_step(self.bundle, step)
-        if step not in self._models:
-            self._models[step] = scorer_of_step(self.bundle, step, self.device)
+        if step in self._models:
+            self._models.move_to_end(step)
+        else:
+            self._models[step] = scorer_of_step(self.bundle, step, self.device, fold=True)
+            while len(self._models) > CACHED_STEPS:
+                self._models.popitem(last=False)
         return self._models[step]
 
     def predict(self, images, top_k: int = 5, step: int | None = None) -> list[Prediction]:

@@ -33,6 +33,7 @@ from .bundle import Bundle
 from .class_stats import TUKEY_BETA, ClassStats
 from .classifier_option import CLASSIFIERS
 from .errors import BundleFormatError, ConfigError
+from .fold_batchnorm import fold_batchnorm
 from .linear_from_stats import LinearOnStats, lda_head, pseudo_feature_head
 from .reconstruct import check_step, model_of_step
 from .stats_classifier import FeCAM
@@ -176,10 +177,13 @@ class StepScorer(nn.Module):
 
 
 def scorer_of_step(bundle: Bundle, step: int | None = None, device: str | torch.device = "cpu",
-                   snapshots: list[Bundle] | None = None) -> StepScorer:
+                   snapshots: list[Bundle] | None = None, fold: bool = False) -> StepScorer:
     """`snapshots[j - 1]`: the bundle after step j, for methods that do not pack their
-    steps (then only the last step rebuilds from `bundle` itself)."""
+    steps (then only the last step rebuilds from `bundle` itself). `fold`: BatchNorm
+    folded into the convolutions (runtime/fold_batchnorm.py), as inference serves it."""
     step = check_step(bundle, step)
     models = [model_of_step(snapshots[j - 1] if snapshots and j != step else bundle, j)
               for j in feature_steps(bundle, step)]
+    if fold:
+        models = [fold_batchnorm(m) for m in models]
     return StepScorer(models, build_classifier(bundle, step)).to(device).eval()

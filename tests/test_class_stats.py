@@ -198,3 +198,20 @@ def test_class_stats_concat_keeps_head_order():
     a = ClassStats(torch.tensor([1]), torch.zeros(1, 2), torch.zeros(1, 3))
     b = ClassStats(torch.tensor([2]), torch.ones(1, 2), torch.ones(1, 3))
     assert ClassStats.concat([a, b]).count.tolist() == [1, 2]
+
+
+@torch.no_grad()
+def test_runtime_serves_folded_steps_from_a_small_lru(three_step_bundle, digits, monkeypatch):
+    import m2kd.runtime.api as api
+
+    monkeypatch.setattr(api, "CACHED_STEPS", 2)
+    bundle = three_step_bundle[-1]
+    runtime = Runtime(bundle, device="cpu")
+    x = digits.test_images[:16]
+    for step in (1, 2, 1, 3):
+        scores = runtime.scorer(step)(x)
+        assert torch.allclose(scores, scorer_of_step(bundle, step)(x), atol=1e-4)
+        assert scores.argmax(1).tolist() == scorer_of_step(bundle, step)(x).argmax(1).tolist()
+    assert list(runtime._models) == [1, 3]  # 2 was least recently used
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in runtime.scorer(3).modules())
+    assert runtime.scorer(3) is runtime.scorer(3)  # rebuilt once, then cached
