@@ -22,6 +22,8 @@ from .atomic import atomic_write_bytes
 from .backbones import BACKBONES, batchnorm_state, create_backbone, masked_parameter_names
 from .class_stats import ClassStats, packed_size
 from .errors import BundleError, BundleFormatError, BundleIntegrityError, BundleVersionError
+from .mask_packing import mask_bits_for, pack_nibbles, unpack_nibbles
+from .probe_inputs import PROBE_SEED, seeded_probe_input
 
 FORMAT_NAME = "m2kd-bundle"
 FORMAT_VERSION = "2"
@@ -29,7 +31,6 @@ SUPPORTED_VERSIONS = ("1", "2")  # v1: no class statistics, the head classifies
 MASK_DTYPE = torch.uint8  # owner step ids; 0 = free, so at most 255 steps
 MAX_STEPS = torch.iinfo(MASK_DTYPE).max
 PROBE_BATCH = 2
-PROBE_SEED = 0
 METADATA_KEYS = ("format", "format_version", "arch", "input_spec", "classes", "method",
                  "checksum", "created_by")
 V2_METADATA_KEYS = ("classifier",)
@@ -92,6 +93,9 @@ class Bundle:
     # How inference classifies (runtime/classifier.py): {"kind": "head"} or a statistics
     # classifier such as {"kind": "fecam", "space": "base", ...}.
     classifier: dict = field(default_factory=lambda: dict(HEAD_CLASSIFIER))
+    # On-disk mask form (runtime/mask_packing.py): None = the most compact that fits;
+    # a loaded bundle keeps its file's form, so its checksum stays the file's.
+    mask_bits: int | None = None
 
     @property
     def num_steps(self) -> int:
@@ -121,9 +125,12 @@ def _step_prefix(k: int) -> str:
 
 def _to_safetensors(bundle: Bundle, checksum: str) -> tuple[dict[str, torch.Tensor], dict]:
     tensors = {}
+    bits = max(bundle.mask_bits or 4, mask_bits_for(bundle.num_steps))
+    derived_probes = _probes_are_seeded(bundle)
     for name, w in bundle.weights.items():
         tensors[f"backbone.{name}"] = w
-        tensors[f"mask.{name}"] = bundle.masks[name]
+        mask = bundle.masks[name]
+        tensors[f"mask.{name}"] = pack_nibbles(mask) if bits == 4 else mask
     for k, rec in enumerate(bundle.steps, start=1):
         p = _step_prefix(k)
         for name, t in rec.batchnorm.items():
@@ -131,7 +138,8 @@ def _to_safetensors(bundle: Bundle, checksum: str) -> tuple[dict[str, torch.Tens
         for part in ("weight", "bias"):
             tensors[f"{p}head.{part}"] = rec.head[part]
             tensors[f"{p}aux_head.{part}"] = rec.aux_head[part]
-        tensors[f"{p}probe.input"] = rec.probe_input
+        if not derived_probes:
+            tensors[f"{p}probe.input"] = rec.probe_input
         tensors[f"{p}probe.logits"] = rec.probe_logits
         for space, stats in rec.stats.items():
             for part in STATS_PARTS:
@@ -149,7 +157,19 @@ def _to_safetensors(bundle: Bundle, checksum: str) -> tuple[dict[str, torch.Tens
         "checksum": checksum,
         "classifier": json.dumps(bundle.classifier, sort_keys=True),
     }
+    if bits == 4:  # absent = 8, so bundles written before packing keep their checksum
+        metadata["mask_bits"] = "4"
+    if derived_probes:  # absent: every step stores its probe input
+        metadata["probe_seed"] = str(PROBE_SEED)
     return tensors, metadata
+
+
+def _probes_are_seeded(bundle: Bundle) -> bool:
+    """True when every step's probe input is the seeded one, so none needs storing."""
+    if not bundle.steps:
+        return False
+    seeded = make_probe_input(bundle.input_spec)
+    return all(torch.equal(rec.probe_input, seeded) for rec in bundle.steps)
 
 
 def _checksum(tensors: dict[str, torch.Tensor], metadata: dict) -> str:
@@ -292,6 +312,24 @@ def _parsed_metadata(metadata: dict):
     return classes, method, classifier, spec
 
 
+def _stored_mask(stored: torch.Tensor, weight: torch.Tensor, metadata: dict, name: str
+                 ) -> torch.Tensor:
+    """The uint8 owner mask shaped like `weight`, from its on-disk form (`mask_bits`:
+    absent or "8" = as is, e.g. every v1 bundle; "4" = packed nibbles)."""
+    bits = metadata.get("mask_bits", "8")
+    if bits == "4":
+        return unpack_nibbles(stored, weight.shape, f"mask.{name}")
+    if bits != "8":
+        raise BundleFormatError(f"metadata 'mask_bits' must be 4 or 8, got {bits!r}")
+    return stored
+
+
+def _seeded_probe(seed: str, spec: InputSpec) -> torch.Tensor:
+    if seed != str(PROBE_SEED):
+        raise BundleFormatError(f"metadata 'probe_seed' must be {PROBE_SEED}, got {seed!r}")
+    return make_probe_input(spec)
+
+
 def _from_safetensors(tensors: dict[str, torch.Tensor], metadata: dict) -> Bundle:
     classes, method, classifier, spec = _parsed_metadata(metadata)
     pool = dict(tensors)
@@ -306,7 +344,8 @@ def _from_safetensors(tensors: dict[str, torch.Tensor], metadata: dict) -> Bundl
     if orphans:
         raise BundleFormatError(f"bundle lacks tensor 'backbone.{orphans[0][5:]}' "
                                 f"(its mask is present)")
-    masks = {name: take(f"mask.{name}") for name in weights}
+    masks = {name: _stored_mask(take(f"mask.{name}"), weights[name], metadata, name)
+             for name in weights}
     for name in weights:
         pool.pop(f"backbone.{name}")
     steps = []
@@ -318,7 +357,8 @@ def _from_safetensors(tensors: dict[str, torch.Tensor], metadata: dict) -> Bundl
             batchnorm={n[len(f"{p}bn."):]: pool.pop(n) for n in bn_names},
             head={part: take(f"{p}head.{part}") for part in ("weight", "bias")},
             aux_head={part: take(f"{p}aux_head.{part}") for part in ("weight", "bias")},
-            probe_input=take(f"{p}probe.input"),
+            probe_input=(take(f"{p}probe.input") if "probe_seed" not in metadata
+                         else _seeded_probe(metadata["probe_seed"], spec)),
             probe_logits=take(f"{p}probe.logits"),
             stats={space: ClassStats(*(pool.pop(f"{p}stats.{space}.{part}")
                                        for part in STATS_PARTS))
@@ -326,7 +366,8 @@ def _from_safetensors(tensors: dict[str, torch.Tensor], metadata: dict) -> Bundl
         ))
     if pool:
         raise BundleFormatError(f"bundle has unexpected tensors: {', '.join(sorted(pool)[:5])}")
-    return Bundle(metadata["arch"], spec, weights, masks, steps, method, classifier)
+    return Bundle(metadata["arch"], spec, weights, masks, steps, method, classifier,
+                  mask_bits=int(metadata.get("mask_bits", "8")))
 
 
 # ---------------------------------------------------------------- validation
@@ -408,9 +449,10 @@ def _check_stats(what: str, stats: ClassStats, n: int, dim: int) -> None:
 
 
 def make_probe_input(spec: InputSpec) -> torch.Tensor:
-    """The fixed, seeded probe batch (already in normalised input space)."""
-    g = torch.Generator().manual_seed(PROBE_SEED)
-    return torch.randn(PROBE_BATCH, spec.channels, spec.height, spec.width, generator=g)
+    """The probe batch of new steps (normalised input space), derived from PROBE_SEED
+    (runtime/probe_inputs.py) so it need not be stored. Older files stored a
+    `torch.randn` batch; those are read and kept as stored."""
+    return seeded_probe_input(PROBE_BATCH, spec.channels, spec.height, spec.width, PROBE_SEED)
 
 
 # ---------------------------------------------------------------- sizes
