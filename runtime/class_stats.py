@@ -73,23 +73,41 @@ class ClassStats:
                           torch.cat([p.cov for p in parts]))
 
 
+@dataclass
+class Moments:
+    """Per class: count, sum and sum of outer products of tukey(features), float64.
+    Moments of disjoint parts of a class's images add up (runtime/distributed.py sums
+    them across ranks); `statistics` turns them into ClassStats."""
+
+    count: torch.Tensor  # (n,) float64
+    total: torch.Tensor  # (n, D)
+    outer: torch.Tensor  # (n, D, D)
+
+    def tensors(self) -> list[torch.Tensor]:
+        return [self.count, self.total, self.outer]
+
+    def statistics(self) -> ClassStats:
+        n = self.count.clamp(min=1)[:, None]
+        mean = self.total / n
+        centred = self.outer - n[..., None] * mean[:, :, None] * mean[:, None, :]
+        cov = centred / (n[..., None] - 1).clamp(min=1)
+        return ClassStats(self.count.round().to(torch.int64), mean.float(), pack(cov).float())
+
+
+def moments_of(features: torch.Tensor, labels: torch.Tensor, classes: list[int],
+               beta: float = TUKEY_BETA) -> Moments:
+    z = tukey(features.double(), beta)
+    parts = [z[labels == c] for c in classes]
+    return Moments(torch.tensor([float(len(x)) for x in parts], dtype=torch.float64),
+                   torch.stack([x.sum(0) for x in parts]),
+                   torch.stack([x.T @ x for x in parts]))
+
+
 def statistics_of(features: torch.Tensor, labels: torch.Tensor, classes: list[int],
                   beta: float = TUKEY_BETA) -> ClassStats:
     """Per class in `classes` (in that order): count, mean and unbiased covariance of
     tukey(features), accumulated in float64."""
-    z = tukey(features.double(), beta)
-    counts, means, covs = [], [], []
-    for c in classes:
-        x = z[labels == c]
-        n = len(x)
-        mean = x.mean(0) if n else z.new_zeros(z.shape[1])
-        centred = x - mean
-        cov = centred.T @ centred / max(n - 1, 1)
-        counts.append(n)
-        means.append(mean)
-        covs.append(cov)
-    return ClassStats(torch.tensor(counts, dtype=torch.int64), torch.stack(means).float(),
-                      pack(torch.stack(covs)).float())
+    return moments_of(features, labels, classes, beta).statistics()
 
 
 @torch.no_grad()

@@ -16,7 +16,7 @@ import contextlib
 import math
 import resource
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from collections.abc import Callable
 from typing import Protocol
 
@@ -28,8 +28,10 @@ from .backbones import BackboneOutput, ResNet, batchnorm_state, create_backbone,
     masked_parameter_names
 from .bundle import MAX_STEPS, Bundle, InputSpec, StepRecord, make_probe_input
 from .devices import resolve_device
+from .distributed import all_reduce_sum, broadcast_buffers, check_identical, shard_indices, \
+    wrap, world
 from .errors import ConfigError, DataError, InvariantError
-from .class_stats import ClassStats, pooled_features, statistics_of
+from .class_stats import ClassStats, Moments, moments_of, pooled_features
 from .classifier import CLASSIFIERS, classifier_config
 from .inference import run_in_batches
 from .losses import REDUCTIONS
@@ -186,8 +188,14 @@ def run_step(previous: Bundle | None, data: StepData, new_classes: list[str], me
     # 5x slower (digits, 720 images x 12 epochs: 89 s vs 18 s, same losses). Flushing them
     # to zero changes nothing above 1e-38; the probes' tolerance is 1e-5.
     torch.set_flush_denormal(True)
+    step_config, exact_shard = config, None
+    if world()[1] > 1:
+        data, exact_shard, config = _shard(data, config, previous)
     ctx = _make_context(previous, data, new_classes, config, device, arch, input_spec,
                         snapshots)
+    if exact_shard is not None:
+        ctx.state["exact_shard"] = exact_shard
+    ctx.state["forward"] = wrap(ctx.model, device)
     _check_data(ctx, method)
     masks = _masks_of(previous, ctx.model)
     owned_before = _owned_snapshot(ctx.model, masks)
@@ -204,6 +212,7 @@ def run_step(previous: Bundle | None, data: StepData, new_classes: list[str], me
     if packing:
         # Phase 2: prune (Algorithm 1), then fine-tune only what this step now owns.
         kept = _prune(ctx.model, masks, ctx.step, config.prune_ratio).kept_fraction
+        check_identical(masks, "the owner masks after pruning")
         epochs = config.finetune_epochs if config.finetune_epochs is not None \
             else max(1, config.epochs // 2)
         losses += _train_phase(ctx, method, masks, lambda m: m == ctx.step, epochs, "finetune")
@@ -214,17 +223,33 @@ def run_step(previous: Bundle | None, data: StepData, new_classes: list[str], me
     method.after_step(ctx)
     if packing:
         _check_owned_unchanged(ctx.model, masks, ctx.step, owned_before)
+    broadcast_buffers(ctx.model)
+    check_identical({**_owned_snapshot(ctx.model, masks), **batchnorm_state(ctx.model)},
+                    "the model after the step")
     train_new = new_class_accuracy(ctx)
     stats = new_class_statistics(ctx)
 
-    bundle = _append_step(previous, ctx, masks, new_classes, method, config, arch, input_spec,
-                          stats)
+    bundle = _append_step(previous, ctx, masks, new_classes, method, step_config, arch,
+                          input_spec, stats)
+    images_seen *= world()[1]  # every rank trained on its shard: the global count
     report = StepReport(ctx.step, time.perf_counter() - started, images_seen, losses, kept,
                         _peak_memory(device), train_new)
     return bundle, report
 
 
 # ---------------------------------------------------------------- set-up
+
+def _shard(data: StepData, config: StepConfig, previous: Bundle | None
+           ) -> tuple[StepData, StepData, StepConfig]:
+    """This rank's (padded, exact) shard of the step's images and its per-rank config
+    (the global batch split evenly; runtime/distributed.py)."""
+    step = previous.num_steps + 1 if previous else 1
+    padded, exact = shard_indices(len(data.labels), config.seed + 7919 * step)
+    size = world()[1]
+    per_rank = replace(config, batch_size=max(1, config.batch_size // size))
+    return (StepData(data.images[padded], data.labels[padded]),
+            StepData(data.images[exact], data.labels[exact]), per_rank)
+
 
 def _make_context(previous, data, new_classes, config, device, arch, input_spec,
                   snapshots) -> StepContext:
@@ -277,6 +302,7 @@ def _train_phase(ctx: StepContext, method: Method, masks: dict[str, torch.Tensor
                  trainable_where, epochs: int, phase: str) -> list[dict[str, float]]:
     """SGD over the step's data; only weights where `trainable_where(mask)` may change."""
     cfg, model = ctx.config, ctx.model
+    forward = ctx.state.get("forward", model)  # DistributedDataParallel when distributed
     params = dict(model.named_parameters())
     grad_masks = {n: trainable_where(m).to(ctx.device, torch.float32) for n, m in masks.items()}
     wd = cfg.weight_decay if ctx.step == 1 else cfg.later_weight_decay
@@ -295,7 +321,7 @@ def _train_phase(ctx: StepContext, method: Method, masks: dict[str, torch.Tensor
         batches = 0
         for batch in _batches(ctx, generator):
             with _autocast(ctx):
-                parts = method.loss(ctx, model(batch.images), batch)
+                parts = method.loss(ctx, forward(batch.images), batch)
             optimizer.zero_grad(set_to_none=True)
             parts["loss"].backward()
             _mask_gradients(params, grad_masks, wd)
@@ -362,9 +388,11 @@ def _prune(model: nn.Module, masks: dict[str, torch.Tensor], step: int, ratio: f
 
 
 def _new_class_data(ctx: StepContext) -> tuple[torch.Tensor, torch.Tensor]:
-    """The step's images of its new classes only (exemplar methods also get old ones)."""
-    new = ctx.data.labels >= ctx.n_old
-    return ctx.data.images[new], ctx.data.labels[new]
+    """The step's images of its new classes only (exemplar methods also get old ones);
+    in a distributed run, this rank's shard without its padding."""
+    data = ctx.state.get("exact_shard", ctx.data)
+    new = data.labels >= ctx.n_old
+    return data.images[new], data.labels[new]
 
 
 @torch.no_grad()
@@ -374,7 +402,9 @@ def new_class_accuracy(ctx: StepContext) -> float:
     ctx.model.eval()
     predicted = run_in_batches(lambda x: ctx.model(x).logits.argmax(1), images, ctx.device)
     ctx.model.train()
-    return float((predicted == labels).float().mean())
+    counts = torch.tensor([float((predicted == labels).sum()), float(len(labels))])
+    right, total = all_reduce_sum(counts).tolist()
+    return right / max(total, 1.0)
 
 
 @torch.no_grad()
@@ -383,11 +413,13 @@ def new_class_statistics(ctx: StepContext) -> dict[str, ClassStats]:
     space and in this step's own space (docs/design.md, "Class statistics")."""
     images, labels = _new_class_data(ctx)
     classes = list(range(ctx.n_old, ctx.n_seen))
-    base = ctx.model if ctx.step == 1 else ctx.teacher_model(1)
-    stats = {"base": statistics_of(pooled_features(base, images, ctx.device), labels, classes)}
+    spaces = {"base": ctx.model if ctx.step == 1 else ctx.teacher_model(1)}
     if ctx.step > 1:
-        own = pooled_features(ctx.model, images, ctx.device)
-        stats["own"] = statistics_of(own, labels, classes)
+        spaces["own"] = ctx.model
+    stats = {}
+    for space, model in spaces.items():
+        moments = moments_of(pooled_features(model, images, ctx.device), labels, classes)
+        stats[space] = Moments(*(all_reduce_sum(t) for t in moments.tensors())).statistics()
     ctx.model.train()
     return stats
 

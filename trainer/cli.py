@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import click
@@ -55,13 +58,24 @@ _DEFAULTS = StepConfig()
               show_default=True, help="Folder for bundle.safetensors and results.json.")
 @click.option("--skip-bad", is_flag=True, help="--dataset folder: skip unreadable images "
               "instead of refusing.")
+@click.option("--nproc", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Processes (one per device) under torchrun with DistributedDataParallel; "
+              "gloo on CPU, NCCL on CUDA.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 def train(dataset, root, train_per_class, image_size, arch, method, order_seed, base_classes,
           increment, max_steps, recipe, epochs, finetune_epochs, lr, batch_size, prune_ratio,
-          augment, classifier, exemplars_per_class, device, seed, out, skip_bad, progress):
+          augment, classifier, exemplars_per_class, device, seed, out, skip_bad, nproc,
+          progress):
     """Train step by step on a dataset and write the bundle and results.json."""
     from m2kd.runtime.devices import resolve_device
+    from m2kd.runtime.distributed import init_from_environment, is_main
     from m2kd.runtime.engine import recipe_config
+
+    if nproc > 1 and "WORLD_SIZE" not in os.environ:
+        raise SystemExit(_torchrun(nproc))
+    init_from_environment()
+    echo = click.echo if is_main() else (lambda *args, **kwargs: None)
+    progress = progress and is_main()
 
     from .datasets import class_order, load_dataset
     from .methods import create_method
@@ -80,21 +94,34 @@ def train(dataset, root, train_per_class, image_size, arch, method, order_seed, 
         finetune_epochs=finetune_epochs,
         augment=data.default_augment if augment == "auto" else augment,
         classifier=classifier, device=device, seed=seed, progress=progress)
-    click.echo(f"{data.name}: {data.num_classes} classes, {len(data.train_labels)} train / "
-               f"{len(data.test_labels)} test images, {len(protocol.steps())} steps, "
-               f"method {method}, device {resolve_device(device)}, class order "
-               f"{','.join(data.class_names[c] for c in protocol.order)}")
-    click.echo(TABLE_HEADER)
-    results = run_protocol(data, protocol, method, config, out, arch=arch, log=click.echo,
+    echo(f"{data.name}: {data.num_classes} classes, {len(data.train_labels)} train / "
+         f"{len(data.test_labels)} test images, {len(protocol.steps())} steps, "
+         f"method {method}, device {resolve_device(device)}, class order "
+         f"{','.join(data.class_names[c] for c in protocol.order)}")
+    echo(TABLE_HEADER)
+    results = run_protocol(data, protocol, method, config, out, arch=arch, log=echo,
                            exemplars_per_class=exemplars_per_class)
-    click.echo(f"average incremental accuracy {100 * results['average_incremental_accuracy']:.1f}"
-               f"  final top-1 {100 * results['steps'][-1]['top1']:.1f}")
+    if not is_main():
+        return
+    echo(f"average incremental accuracy {100 * results['average_incremental_accuracy']:.1f}"
+         f"  final top-1 {100 * results['steps'][-1]['top1']:.1f}")
     if results["bundle"]:
-        click.echo(f"wrote {out / results['bundle']} ({results['bundle_bytes']} bytes) and "
-                   f"{out / 'results.json'}")
+        echo(f"wrote {out / results['bundle']} ({results['bundle_bytes']} bytes) and "
+             f"{out / 'results.json'}")
     else:
-        click.echo(f"wrote {out / 'results.json'}; {method} does not pack its steps with owner "
-                   "masks, so no bundle is written")
+        echo(f"wrote {out / 'results.json'}; {method} does not pack its steps with owner "
+             "masks, so no bundle is written")
+
+
+def _torchrun(nproc: int) -> int:
+    """Run this same `m2kd train` command in `nproc` processes under torchrun."""
+    args = sys.argv[1:]
+    i = args.index("--nproc") if "--nproc" in args else None
+    args = args[:i] + args[i + 2:] if i is not None else [a for a in args
+                                                         if not a.startswith("--nproc=")]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               f"--nproc-per-node={nproc}", "-m", "m2kd.runtime.cli", *args]
+    return subprocess.run(command).returncode
 
 
 @click.command()

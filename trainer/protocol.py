@@ -18,6 +18,7 @@ import torch
 from m2kd.runtime.atomic import atomic_write_text
 from m2kd.runtime.bundle import save_bundle, snapshot_bytes
 from m2kd.runtime.devices import resolve_device
+from m2kd.runtime.distributed import barrier, is_main
 from m2kd.runtime.engine import StepConfig, StepData, run_step
 from m2kd.runtime.errors import ConfigError
 from m2kd.runtime.classifier import scorer_of_step
@@ -122,9 +123,13 @@ def run_protocol(dataset: Dataset, protocol: Protocol, method_name: str, config:
                "head_top1": topk_accuracy(head_logits, test.labels, 1),
                "train": report.to_dict()}
         rows.append(row)
-        log(format_row(row))
+        if is_main():
+            log(format_row(row))
     confusion = confusion_matrix(logits.argmax(1), test.labels, len(seen))
     bundle_path = out_dir / "bundle.safetensors" if packing else None
+    barrier()  # every rank finished: only then does rank 0 write anything
+    if not is_main():
+        return {}
     if bundle_path:
         save_bundle(bundle, bundle_path)
     results = summarise(dataset, protocol, method_name, arch, config, rows, bundle_path)
