@@ -107,6 +107,8 @@ def run_protocol(dataset: Dataset, protocol: Protocol, method_name: str, config:
             new = step_data(dataset.train_images, dataset.train_labels, classes, head_index)
             memory.update(model, new.images, new.labels, [head_index[c] for c in classes],
                           device)
+        if not is_main():
+            continue  # evaluation and reports: rank 0 only (the model is the same everywhere)
         test = step_data(dataset.test_images, dataset.test_labels, seen, head_index)
         head_logits = predict_logits(model, test.images, device)
         if spec.nme:
@@ -123,13 +125,12 @@ def run_protocol(dataset: Dataset, protocol: Protocol, method_name: str, config:
                "head_top1": topk_accuracy(head_logits, test.labels, 1),
                "train": report.to_dict()}
         rows.append(row)
-        if is_main():
-            log(format_row(row))
-    confusion = confusion_matrix(logits.argmax(1), test.labels, len(seen))
-    bundle_path = out_dir / "bundle.safetensors" if packing else None
+        log(format_row(row))
     barrier()  # every rank finished: only then does rank 0 write anything
     if not is_main():
         return {}
+    confusion = confusion_matrix(logits.argmax(1), test.labels, len(seen))
+    bundle_path = out_dir / "bundle.safetensors" if packing else None
     if bundle_path:
         save_bundle(bundle, bundle_path)
     results = summarise(dataset, protocol, method_name, arch, config, rows, bundle_path)
