@@ -11,7 +11,7 @@ import torch
 
 from .bundle import InputSpec
 from .errors import DataError
-from .images import is_image_name, list_images, load_image
+from .images import ImageTooLarge, is_image_name, list_images, load_image
 
 
 def class_folders(root: str | Path) -> list[Path]:
@@ -78,6 +78,8 @@ def read_class_folders(root: str | Path, spec: InputSpec, skip_bad: bool = False
             try:
                 pixels.append(load_image(path, spec))
                 labels.append(label)
+            except ImageTooLarge as e:
+                bad.append(str(e))  # names the path and the pixel count
             except DataError:
                 bad.append(str(path))
     if bad and not skip_bad:

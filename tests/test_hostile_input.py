@@ -18,6 +18,7 @@ from safetensors.torch import save_file
 from m2kd.runtime.atomic import atomic_write_bytes
 from m2kd.runtime.bundle import InputSpec, load_bundle, save_bundle
 from m2kd.runtime.cli import cli
+from m2kd.runtime.errors import DataError
 from m2kd.runtime.folders import read_class_folders
 from m2kd.runtime.images import ImageTooLarge, load_image
 
@@ -67,6 +68,14 @@ def test_pixel_bomb_is_refused_before_decoding_with_bounded_memory(tmp_path):
     assert bounded < 30, log
     unbounded, log = _peak_growth_mb(bomb, 10**9)
     assert unbounded > 200, log  # the same file, decoded: what the limit saves
+
+
+def test_a_pixel_bomb_in_a_class_folder_is_named_with_its_size(tmp_path):
+    (tmp_path / "cat").mkdir()
+    (tmp_path / "cat" / "bomb.png").write_bytes(png_bomb(5000, 5000))
+    (tmp_path / "cat" / "ok.png").write_bytes(png_bomb(8, 8))
+    with pytest.raises(DataError, match="bomb.png: 5000x5000 pixels is over the limit"):
+        read_class_folders(tmp_path, SPEC)
 
 
 def test_an_image_within_the_limit_still_decodes(tmp_path):
