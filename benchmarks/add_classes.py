@@ -1,5 +1,6 @@
 """Cost of adding one class of 400 images to bundles with 2, 5 and 10 existing steps,
-with the per-step teacher cache against naive per-batch teacher forwards.
+with the per-step teacher cache against naive per-batch teacher forwards, and an M2KD
+step against an LwF-MC step (one teacher, no auxiliary loss, no pruning) at 10 steps.
 
 Each measurement runs in its own process, so peak memory is that run's own.
 Usage: python benchmarks/add_classes.py [--epochs 4] [--device auto]
@@ -31,16 +32,22 @@ def build_bundle(n_steps: int):
     return bundle
 
 
-def measure(n_steps: int, teacher_mode: str, epochs: int, device: str, queue) -> None:
+def measure(n_steps: int, teacher_mode: str, epochs: int, device: str, queue,
+            method_name: str = "m2kd") -> None:
+    from m2kd.trainer.methods import create_method
+    from m2kd.trainer.protocol import config_for
+
     torch.set_num_threads(2)
     bundle = build_bundle(n_steps)
     g = torch.Generator().manual_seed(1)
     data = StepData(torch.randn(400, 1, 28, 28, generator=g),
                     torch.full((400,), n_steps))
-    cfg = StepConfig(epochs=epochs, lr=0.1, augment="flip", teacher_mode=teacher_mode,
-                     device=device, progress=False)
-    _, report = run_step(bundle, data, ["new"], M2KD(), cfg)
-    queue.put({"steps": n_steps, "teachers": teacher_mode, "seconds": report.seconds,
+    cfg = config_for(method_name, StepConfig(epochs=epochs, lr=0.1, augment="flip",
+                                             teacher_mode=teacher_mode, device=device,
+                                             progress=False))
+    _, report = run_step(bundle, data, ["new"], create_method(method_name), cfg)
+    queue.put({"steps": n_steps, "teachers": teacher_mode, "method": method_name,
+               "seconds": report.seconds,
                "images_per_second": report.images_per_second,
                "peak_mib": report.peak_memory_bytes / 2**20})
 
@@ -52,21 +59,28 @@ def main() -> None:
     args = p.parse_args()
     ctx = mp.get_context("spawn")
     rows = []
-    for n in (2, 5, 10):
-        for mode in ("cache", "live"):
-            q = ctx.Queue()
-            proc = ctx.Process(target=measure, args=(n, mode, args.epochs, args.device, q))
-            proc.start()
-            rows.append(q.get())
-            proc.join()
-    print(f"{'steps':>5} {'teachers':>8} {'seconds':>8} {'img/s':>7} {'peak MiB':>9}")
+    runs = [(n, mode, "m2kd") for n in (2, 5, 10) for mode in ("cache", "live")]
+    for n, mode, method in runs + [(10, "cache", "lwf_mc")]:
+        q = ctx.Queue()
+        proc = ctx.Process(target=measure, args=(n, mode, args.epochs, args.device, q, method))
+        proc.start()
+        rows.append(q.get())
+        proc.join()
+    print(f"{'steps':>5} {'method':>7} {'teachers':>8} {'seconds':>8} {'img/s':>7} "
+          f"{'peak MiB':>9}")
     for r in rows:
-        print(f"{r['steps']:>5} {r['teachers']:>8} {r['seconds']:>8.2f} "
+        print(f"{r['steps']:>5} {r['method']:>7} {r['teachers']:>8} {r['seconds']:>8.2f} "
               f"{r['images_per_second']:>7.0f} {r['peak_mib']:>9.0f}")
-    t = {(r["steps"], r["teachers"]): r["seconds"] for r in rows}
+    t = {(r["steps"], r["teachers"], r["method"]): r["seconds"] for r in rows}
+    ips = {(r["steps"], r["method"]): r["images_per_second"] for r in rows
+           if r["teachers"] == "cache"}
     for mode in ("cache", "live"):
-        print(f"{mode}: time 10 steps / 2 steps = {t[(10, mode)] / t[(2, mode)]:.2f}")
-    print(f"live / cache at 10 steps = {t[(10, 'live')] / t[(10, 'cache')]:.2f}")
+        print(f"{mode}: time 10 steps / 2 steps = "
+              f"{t[(10, mode, 'm2kd')] / t[(2, mode, 'm2kd')]:.2f}")
+    print(f"live / cache at 10 steps = {t[(10, 'live', 'm2kd')] / t[(10, 'cache', 'm2kd')]:.2f}")
+    print("M2KD step / LwF-MC step at 10 steps (each with its own recipe: M2KD prunes and "
+          f"fine-tunes) = {t[(10, 'cache', 'm2kd')] / t[(10, 'cache', 'lwf_mc')]:.2f}; "
+          f"per training image = {ips[(10, 'lwf_mc')] / ips[(10, 'm2kd')]:.2f}")
     print(json.dumps(rows))
 
 
