@@ -188,14 +188,8 @@ def run_step(previous: Bundle | None, data: StepData, new_classes: list[str], me
     # 5x slower (digits, 720 images x 12 epochs: 89 s vs 18 s, same losses). Flushing them
     # to zero changes nothing above 1e-38; the probes' tolerance is 1e-5.
     torch.set_flush_denormal(True)
-    step_config, exact_shard = config, None
-    if world()[1] > 1:
-        data, exact_shard, config = _shard(data, config, previous)
-    ctx = _make_context(previous, data, new_classes, config, device, arch, input_spec,
-                        snapshots)
-    if exact_shard is not None:
-        ctx.state["exact_shard"] = exact_shard
-    ctx.state["forward"] = wrap(ctx.model, device)
+    ctx = _context_of_this_rank(previous, data, new_classes, config, device, arch, input_spec,
+                                snapshots)
     _check_data(ctx, method)
     masks = _masks_of(previous, ctx.model)
     owned_before = _owned_snapshot(ctx.model, masks)
@@ -207,7 +201,7 @@ def run_step(previous: Bundle | None, data: StepData, new_classes: list[str], me
     packing = config.prune_ratio is not None
     trainable = (lambda m: m == 0) if packing else (lambda m: torch.ones_like(m, dtype=bool))
     losses = _train_phase(ctx, method, masks, trainable, config.epochs, "train")
-    images_seen += config.epochs * len(data.labels)
+    images_seen += config.epochs * len(ctx.data.labels)
     kept = None
     if packing:
         # Phase 2: prune (Algorithm 1), then fine-tune only what this step now owns.
@@ -216,20 +210,16 @@ def run_step(previous: Bundle | None, data: StepData, new_classes: list[str], me
         epochs = config.finetune_epochs if config.finetune_epochs is not None \
             else max(1, config.epochs // 2)
         losses += _train_phase(ctx, method, masks, lambda m: m == ctx.step, epochs, "finetune")
-        images_seen += epochs * len(data.labels)
+        images_seen += epochs * len(ctx.data.labels)
     else:
         # One model, no packing: everything belongs to "step 1" so the last step rebuilds.
         masks = {name: torch.ones_like(m) for name, m in masks.items()}
     method.after_step(ctx)
-    if packing:
-        _check_owned_unchanged(ctx.model, masks, ctx.step, owned_before)
-    broadcast_buffers(ctx.model)
-    check_identical({**_owned_snapshot(ctx.model, masks), **batchnorm_state(ctx.model)},
-                    "the model after the step")
+    _check_after_step(ctx, masks, packing, owned_before)
     train_new = new_class_accuracy(ctx)
     stats = new_class_statistics(ctx)
 
-    bundle = _append_step(previous, ctx, masks, new_classes, method, step_config, arch,
+    bundle = _append_step(previous, ctx, masks, new_classes, method, config, arch,
                           input_spec, stats)
     images_seen *= world()[1]  # every rank trained on its shard: the global count
     report = StepReport(ctx.step, time.perf_counter() - started, images_seen, losses, kept,
@@ -237,7 +227,33 @@ def run_step(previous: Bundle | None, data: StepData, new_classes: list[str], me
     return bundle, report
 
 
+def _check_after_step(ctx: StepContext, masks: dict[str, torch.Tensor], packing: bool,
+                      owned_before: dict[str, torch.Tensor]) -> None:
+    """Invariant 1 on this rank; in a distributed run, every rank takes rank 0's BatchNorm
+    buffers and must hold the same weights."""
+    if packing:
+        _check_owned_unchanged(ctx.model, masks, ctx.step, owned_before)
+    broadcast_buffers(ctx.model)
+    check_identical({**_owned_snapshot(ctx.model, masks), **batchnorm_state(ctx.model)},
+                    "the model after the step")
+
+
 # ---------------------------------------------------------------- set-up
+
+def _context_of_this_rank(previous, data, new_classes, config, device, arch, input_spec,
+                          snapshots) -> StepContext:
+    """The step's context; in a distributed run, on this rank's shard with its share of
+    the batch, and a DistributedDataParallel forward (runtime/distributed.py)."""
+    exact_shard = None
+    if world()[1] > 1:
+        data, exact_shard, config = _shard(data, config, previous)
+    ctx = _make_context(previous, data, new_classes, config, device, arch, input_spec,
+                        snapshots)
+    if exact_shard is not None:
+        ctx.state["exact_shard"] = exact_shard
+    ctx.state["forward"] = wrap(ctx.model, device)
+    return ctx
+
 
 def _shard(data: StepData, config: StepConfig, previous: Bundle | None
            ) -> tuple[StepData, StepData, StepConfig]:
