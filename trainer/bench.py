@@ -87,7 +87,7 @@ def _seconds_per_step(runs: list[dict]) -> str:
 def _stats_bytes(result: dict) -> str:
     """Bytes of class statistics per class (both stored spaces), for the stats classifier."""
     per_class = result["memory"].get("statistics_bytes_per_class")
-    used = result.get("classifier") == "fecam"
+    used = result.get("classifier") in ("fecam", "pseudo", "lda")  # runtime/classifier.py
     return f"{per_class / 1e3:.1f} KB / class" if per_class and used else "-"
 
 
