@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import math
 import subprocess
 import sys
 import textwrap
@@ -41,7 +42,12 @@ _PEAK_GROWTH = textwrap.dedent("""
                 return int(line.split()[1])
 
     spec = InputSpec(1, 8, 8, (0.5,), (0.5,))
-    Path("/proc/self/clear_refs").write_text("5")  # reset the peak (VmHWM) to now
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # reset the peak (VmHWM) to now
+    except OSError:
+        print("nan")
+        print("no /proc/self/clear_refs")
+        raise SystemExit(0)
     before = kib("VmRSS")
     try:
         load_image(sys.argv[1], spec, int(sys.argv[2]))
@@ -65,6 +71,8 @@ def test_pixel_bomb_is_refused_before_decoding_with_bounded_memory(tmp_path):
     with pytest.raises(ImageTooLarge, match="9000x9000 pixels is over the limit"):
         load_image(bomb, SPEC)
     bounded, log = _peak_growth_mb(bomb, 4096 * 4096)
+    if math.isnan(bounded):
+        pytest.skip("this kernel cannot reset the peak RSS (/proc/self/clear_refs)")
     assert bounded < 30, log
     unbounded, log = _peak_growth_mb(bomb, 10**9)
     assert unbounded > 200, log  # the same file, decoded: what the limit saves
