@@ -27,7 +27,7 @@ from m2kd.runtime.bundle import Bundle
 from m2kd.runtime.class_stats import tukey
 from m2kd.runtime.fold_batchnorm import fold_batchnorm
 from m2kd.runtime.classifier import LINEAR_KINDS, base_classifier, build_classifier, combine, \
-    feature_steps
+    feature_steps, own_spaces
 from m2kd.runtime.reconstruct import check_step, model_of_step
 
 BN_EPS = 1e-5
@@ -108,13 +108,18 @@ class AllStepsGraph(nn.Module):
         self.register_buffer("head_w", head_w)
         self.register_buffer("head_b", head_b)
         # A statistics classifier scores every class of the bundle; a step's unknown
-        # classes get -inf from `class_pad`, as the head's padding does.
-        self.classifier = build_classifier(bundle, bundle.num_steps)
-        self.feature_steps = [] if self.classifier is None \
+        # classes get -inf from `class_pad`, as the head's padding does. FeCAM scores do
+        # not depend on the step: one classifier serves all. A linear head fitted on
+        # statistics (LDA, pseudo-features) depends on the set of classes: one per step,
+        # stacked and padded like the heads, plus the step-independent own-space FeCAM.
+        spec = bundle.classifier
+        self.feature_steps = [] if spec.get("kind") == "head" \
             else feature_steps(bundle, bundle.num_steps)
-        # A linear head fitted on statistics (LDA, pseudo-features) depends on the set of
-        # classes: one per step, stacked and padded like the heads.
-        self.linear = bundle.classifier.get("kind") in LINEAR_KINDS
+        self.classifier = build_classifier(bundle, bundle.num_steps) \
+            if spec.get("kind") == "fecam" else None
+        self.linear = spec.get("kind") in LINEAR_KINDS
+        self.own = own_spaces(bundle, bundle.num_steps) \
+            if self.linear and spec.get("space") == "base+own" else None
         if self.linear:
             self.beta, lin_w, lin_b = _stacked_linear_heads(bundle, n_max)
             self.register_buffer("lin_w", lin_w)
@@ -153,16 +158,16 @@ class AllStepsGraph(nn.Module):
         x = self.pre(x) if self.pre is not None else x
         idx = self._index(step)
         pad = self.class_pad.index_select(0, idx)[0]
-        if self.classifier is not None:  # features of fixed snapshots; the step picks classes
-            features = [self._features(x, torch.full_like(step, j), torch.full_like(idx, j - 1))
-                        for j in self.feature_steps]
+        # statistics classifiers read fixed snapshots; the step picks the classes
+        features = [self._features(x, torch.full_like(step, j), torch.full_like(idx, j - 1))
+                    for j in self.feature_steps]
         if self.linear:
             bias = self.lin_b.index_select(0, idx)[0]
             logits = tukey(features[0], self.beta) @ self.lin_w.index_select(0, idx)[0].t() + bias
-            if self.classifier.own is not None:
-                logits = combine(logits, self.classifier.own(features) + pad, as_log_probs=True)
+            if self.own is not None:
+                logits = combine(logits, self.own(features) + pad, as_log_probs=True)
             return logits, torch.softmax(logits, dim=1), torch.isfinite(pad)
-        if self.classifier is not None:  # FeCAM: every class's score is step-independent
+        if self.classifier is not None:  # FeCAM
             logits = self.classifier(features) + pad
             return logits, torch.softmax(logits, dim=1), torch.isfinite(pad)
         features = self._features(x, step, idx)
