@@ -82,9 +82,14 @@ def wrap(model: nn.Module, device: torch.device) -> nn.Module:
                                                find_unused_parameters=True)
 
 
+def _on_backend_device(tensor: torch.Tensor) -> torch.Tensor:
+    """NCCL only moves CUDA tensors; gloo takes them where they are."""
+    return tensor.cuda() if dist.get_backend() == "nccl" else tensor
+
+
 def _reduced(tensor: torch.Tensor, op) -> torch.Tensor:
-    """all_reduce on the device the backend needs (NCCL: CUDA), returned where it was."""
-    comm = tensor.cuda() if dist.get_backend() == "nccl" else tensor
+    """all_reduce on the backend's device, returned where the tensor was."""
+    comm = _on_backend_device(tensor)
     dist.all_reduce(comm, op=op)
     return comm.to(tensor.device)
 
@@ -100,7 +105,7 @@ def broadcast_buffers(model: nn.Module) -> None:
     if world()[1] == 1:
         return
     for buffer in model.buffers():
-        comm = buffer.cuda() if dist.get_backend() == "nccl" else buffer
+        comm = _on_backend_device(buffer)
         dist.broadcast(comm, src=0)
         if comm is not buffer:
             buffer.copy_(comm)

@@ -233,9 +233,10 @@ def _check_after_step(ctx: StepContext, masks: dict[str, torch.Tensor], packing:
     buffers and must hold the same weights."""
     if packing:
         _check_owned_unchanged(ctx.model, masks, ctx.step, owned_before)
-    broadcast_buffers(ctx.model)
-    check_identical({**_owned_snapshot(ctx.model, masks), **batchnorm_state(ctx.model)},
-                    "the model after the step")
+    if world()[1] > 1:
+        broadcast_buffers(ctx.model)
+        check_identical({**_owned_snapshot(ctx.model, masks), **batchnorm_state(ctx.model)},
+                        "the model after the step")
 
 
 # ---------------------------------------------------------------- set-up

@@ -9,13 +9,14 @@ import numpy as np
 import pytest
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
 from m2kd.runtime.bundle import bytes_by_part, load_bundle, read_metadata, save_bundle
 from m2kd.runtime.errors import BundleFormatError
 from m2kd.runtime.mask_packing import mask_bits_for, pack_nibbles, unpack_nibbles
 from m2kd.runtime.probe_inputs import seeded_values
 from m2kd.runtime.reconstruct import check_probes
+
+from tests.hostile import rewrite_bundle
 
 GOLDEN_V2 = Path(__file__).parent / "data" / "golden-v2.safetensors"
 SEED0_FIRST_VALUES = [-1.3231334686279297, -1.344893455505371, 0.3672195076942444,
@@ -58,12 +59,9 @@ def test_a_new_bundle_stores_half_byte_masks_and_loads_them_exactly(tmp_path):
 
 
 def test_an_unknown_mask_width_is_refused(tmp_path):
-    with safe_open(GOLDEN_V2, "pt") as f:
-        meta = {**f.metadata(), "mask_bits": "3"}
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
-    save_file(tensors, tmp_path / "b.safetensors", metadata=meta)
+    bad = rewrite_bundle(GOLDEN_V2, tmp_path / "b.safetensors", mask_bits="3")
     with pytest.raises(BundleFormatError, match="mask_bits"):
-        load_bundle(tmp_path / "b.safetensors", check_checksum=False)
+        load_bundle(bad, check_checksum=False)
 
 
 def test_probe_values_never_change_with_the_library():
@@ -89,9 +87,6 @@ def test_new_bundles_derive_probe_inputs_instead_of_storing_them(three_step_bund
 def test_an_unknown_probe_seed_is_refused(tmp_path, three_step_bundle):
     path = tmp_path / "b.safetensors"
     save_bundle(three_step_bundle[-1], path)
-    with safe_open(path, "pt") as f:
-        meta = {**f.metadata(), "probe_seed": "7"}
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
-    save_file(tensors, tmp_path / "c.safetensors", metadata=meta)
+    bad = rewrite_bundle(path, tmp_path / "c.safetensors", probe_seed="7")
     with pytest.raises(BundleFormatError, match="probe_seed"):
-        load_bundle(tmp_path / "c.safetensors", check_checksum=False)
+        load_bundle(bad, check_checksum=False)

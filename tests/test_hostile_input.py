@@ -13,8 +13,6 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
-from safetensors import safe_open
-from safetensors.torch import save_file
 
 from m2kd.runtime.atomic import atomic_write_bytes
 from m2kd.runtime.bundle import InputSpec, load_bundle, save_bundle
@@ -23,7 +21,7 @@ from m2kd.runtime.errors import DataError
 from m2kd.runtime.folders import read_class_folders
 from m2kd.runtime.images import ImageTooLarge, load_image
 
-from tests.hostile import png_bomb
+from tests.hostile import png_bomb, rewrite_bundle
 
 SPEC = InputSpec(1, 8, 8, (0.5,), (0.5,))
 GOLDEN_V2 = Path(__file__).parent / "data" / "golden-v2.safetensors"
@@ -110,21 +108,11 @@ def test_stale_temp_files_of_a_killed_writer_are_removed_on_the_next_write(tmp_p
         ".bundle.safetensors.live99.tmp", ".other.safetensors.abc123.tmp", "bundle.safetensors"]
 
 
-def _rewrite(src, dst, edit_tensors=None, **metadata):
-    """A copy of bundle `src` with some metadata values (and tensors) replaced."""
-    with safe_open(src, "pt") as f:
-        meta = {**f.metadata(), **metadata}
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
-    if edit_tensors:
-        edit_tensors(tensors)
-    save_file(tensors, dst, metadata=meta)
-    return dst
-
-
 @pytest.mark.parametrize("key", ["classes", "method", "classifier"])
 @pytest.mark.parametrize("command", ["inspect", "verify", "predict", "export", "add-classes"])
 def test_deeply_nested_metadata_gives_one_clean_line(tmp_path, key, command):
-    bad = _rewrite(GOLDEN_V2, tmp_path / "b.safetensors", **{key: "[" * 50_000 + "]" * 50_000})
+    nested = "[" * 50_000 + "]" * 50_000
+    bad = rewrite_bundle(GOLDEN_V2, tmp_path / "b.safetensors", **{key: nested})
     result = _run_command(command, bad, tmp_path)
     assert result.exit_code != 0
     assert f"metadata {key!r}" in result.output and "Traceback" not in result.output
@@ -145,7 +133,7 @@ def test_missing_backbone_tensor_is_named(tmp_path):
         drop_first_backbone.name = name
         del tensors[name]
 
-    bad = _rewrite(GOLDEN_V2, tmp_path / "b.safetensors", drop_first_backbone)
+    bad = rewrite_bundle(GOLDEN_V2, tmp_path / "b.safetensors", drop_first_backbone)
     result = CliRunner().invoke(cli, ["verify", str(bad)])
     assert result.exit_code != 0 and f"lacks tensor '{drop_first_backbone.name}'" in result.output
 
