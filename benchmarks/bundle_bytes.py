@@ -17,9 +17,9 @@ import torch
 from m2kd.runtime.bundle import PARTS, InputSpec, bytes_by_part
 from m2kd.runtime.engine import StepConfig, StepData, run_step
 from m2kd.runtime.m2kd import M2KD
+from m2kd.runtime.report import PAPER_EXTRA_MB
 
 SPEC = InputSpec(3, 32, 32, (0.5,) * 3, (0.25,) * 3)
-PAPER_EXTRA_MB = 0.84
 
 
 def synthetic(base: int, steps: int, increment: int):

@@ -98,6 +98,11 @@ class Bundle:
     mask_bits: int | None = None
 
     @property
+    def stored_mask_bits(self) -> int:
+        """Bits per owner as this bundle is written: its own form, widened when needed."""
+        return max(self.mask_bits or 4, mask_bits_for(self.num_steps))
+
+    @property
     def num_steps(self) -> int:
         return len(self.steps)
 
@@ -125,7 +130,7 @@ def _step_prefix(k: int) -> str:
 
 def _to_safetensors(bundle: Bundle, checksum: str) -> tuple[dict[str, torch.Tensor], dict]:
     tensors = {}
-    bits = max(bundle.mask_bits or 4, mask_bits_for(bundle.num_steps))
+    bits = bundle.stored_mask_bits
     derived_probes = _probes_are_seeded(bundle)
     for name, w in bundle.weights.items():
         tensors[f"backbone.{name}"] = w

@@ -6,7 +6,6 @@ from pathlib import Path
 
 from .bundle import PARTS, bytes_by_part, load_bundle, snapshot_bytes
 from .classifier import describe_classifier
-from .mask_packing import mask_bits_for
 from .reconstruct import check_probes
 
 
@@ -39,7 +38,7 @@ def bundle_report(path: Path) -> dict:
         "bytes_by_part": sizes,
         # what the bundle adds to the shared weights: what M2KD's Table 2 counts
         "extra_bytes": sum(n for part, n in sizes.items() if part != "weights"),
-        "mask_bits": bundle.mask_bits or mask_bits_for(bundle.num_steps),
+        "mask_bits": bundle.stored_mask_bits,
         "every_snapshot_bytes": snapshot_bytes(bundle),
         "free_fraction": sum(layer["free"] * layer["params"] for layer in layers) / total_params,
         "layers": layers,
