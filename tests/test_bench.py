@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from click.testing import CliRunner
 
 from m2kd.runtime.cli import cli
@@ -9,15 +11,20 @@ from m2kd.runtime.cli import cli
 
 def test_bench_writes_report_and_plots(tmp_path):
     out = tmp_path / "bench"
-    result = CliRunner().invoke(cli, ["bench", "--preset", "digits", "--methods", "ft,m2kd",
+    result = CliRunner().invoke(cli, ["bench", "--preset", "digits", "--methods", "ft,m2kd_stats",
                                       "--seeds", "0,1", "--epochs", "1", "--device", "cpu",
                                       "--out", str(out)])
     assert result.exit_code == 0, result.output
     report = (out / "report.md").read_text()
-    assert "| ft |" in report and "| m2kd |" in report and "±" in report
+    assert "| ft |" in report and "| m2kd_stats |" in report and "±" in report
     assert (out / "accuracy_per_step.png").stat().st_size > 1000
     assert (out / "confusion_matrices.png").stat().st_size > 1000
-    assert (out / "runs" / "m2kd" / "seed1" / "results.json").is_file()
+    runs = [json.loads((out / "runs" / "m2kd_stats" / f"seed{s}" / "results.json").read_text())
+            for s in (0, 1)]
+    # the same runs scored by their sigmoid head: m2kd's result without a second training
+    head_row = next(line for line in report.splitlines() if line.startswith("| m2kd (head) |"))
+    heads = [100 * r["steps"][-1]["head_top1"] for r in runs]
+    assert head_row.split("|")[2].strip().startswith(f"{sum(heads) / 2:.1f}")
 
 
 def test_bench_refuses_unknown_method_before_running(tmp_path):

@@ -16,6 +16,7 @@ from m2kd.runtime.engine import StepConfig
 
 from .datasets import load_dataset
 from .methods import method_spec
+from .metrics import average_incremental_accuracy, forgetting
 from .orders import named_order
 from .presets import Preset
 from .protocol import Protocol, run_protocol
@@ -91,12 +92,45 @@ def _stats_bytes(result: dict) -> str:
     return f"{per_class / 1e3:.1f} KB / class" if per_class and used else "-"
 
 
+def head_view(run: dict) -> dict | None:
+    """The same run scored by its sigmoid head (recorded per step by the protocol), or
+    None for runs that predate that record. A `*_stats` method trains exactly as its
+    base method, so this is the base method's result without training it twice."""
+    if not all("head" in row for row in run["steps"]):
+        return None
+    steps = [{**row, **row["head"]} for row in run["steps"]]
+    matrix = [row["per_batch"] for row in steps]
+    return {**run, "steps": steps, "accuracy_matrix": matrix, "classifier": "head",
+            "average_incremental_accuracy": average_incremental_accuracy(
+                [row["top1"] for row in steps]),
+            "forgetting": forgetting(matrix), "confusion_matrix": None}
+
+
+def with_head_rows(results: dict[str, list[dict]]) -> dict[str, list[dict]]:
+    """Add `<method> (head)` after each `<method>_stats` whose runs recorded the head."""
+    out: dict[str, list[dict]] = {}
+    for m, runs in results.items():
+        out[m] = runs
+        views = [head_view(r) for r in runs]
+        if m.endswith("_stats") and runs and all(views):
+            out[f"{m.removesuffix('_stats')} (head)"] = views
+    return out
+
+
+def _summary(name: str) -> str:
+    if name.endswith(" (head)"):
+        base = name.removesuffix(" (head)")
+        return f"{method_spec(base).summary}; the same runs as `{base}_stats`, scored by " \
+               "the sigmoid head"
+    return method_spec(name).summary
+
+
 def write_report(results: dict[str, list[dict]], preset_name: str, preset: Preset,
                  command: str, out: Path) -> Path:
     from .plots import plot_confusions, plot_curves
 
     missing = [m for m, runs in results.items() if not runs]
-    results = {m: runs for m, runs in results.items() if runs}
+    results = with_head_rows({m: runs for m, runs in results.items() if runs})
     lines = [f"# m2kd bench: {preset_name}", "", "Command:", "", f"    {command}", "",
              f"Dataset {preset.dataset}{_subset(preset)}, {preset.base_classes} base classes + "
              f"{preset.increment} per step, order `{preset.order}`, metric top-1 on all "
@@ -108,7 +142,7 @@ def write_report(results: dict[str, list[dict]], preset_name: str, preset: Prese
              "| s / step | statistics | memory beside the model | reads old data |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for m, runs in results.items():
-        spec = method_spec(m)
+        spec = method_spec(m.removesuffix(" (head)"))
         lines.append(
             f"| {m} | {_mean_std([r['steps'][-1]['top1'] for r in runs])} "
             f"| {_mean_std([r['average_incremental_accuracy'] for r in runs])} "
@@ -128,11 +162,12 @@ def write_report(results: dict[str, list[dict]], preset_name: str, preset: Prese
     lines += ["", "Class orders (one per seed, the same for every method):", ""]
     lines += [f"- seed {r['config']['seed']}: {', '.join(map(str, r['class_order']))}"
               for r in first]
-    lines += ["", "Methods:", ""] + [f"- `{m}`: {method_spec(m).summary}" for m in results]
+    lines += ["", "Methods:", ""] + [f"- `{m}`: {_summary(m)}" for m in results]
     lines += ["", "![accuracy per step](accuracy_per_step.png)", "",
               "![confusion matrices, first seed](confusion_matrices.png)", ""]
     plot_curves(results, out / "accuracy_per_step.png")
-    plot_confusions(results, out / "confusion_matrices.png")
+    plot_confusions({m: r for m, r in results.items() if r[0]["confusion_matrix"]},
+                    out / "confusion_matrices.png")
     path = out / "report.md"
     path.write_text("\n".join(lines))
     return path

@@ -123,6 +123,7 @@ def run_protocol(dataset: Dataset, protocol: Protocol, method_name: str, config:
         row = {"step": k, "classes": names,
                **step_metrics(logits, test.labels, bundle.step_of_class()),
                "head_top1": topk_accuracy(head_logits, test.labels, 1),
+               "head": step_metrics(head_logits, test.labels, bundle.step_of_class()),
                "train": report.to_dict()}
         rows.append(row)
         log(format_row(row))
