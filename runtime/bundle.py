@@ -22,8 +22,10 @@ from .atomic import atomic_write_bytes
 from .backbones import BACKBONES, batchnorm_state, create_backbone, masked_parameter_names
 from .class_stats import ClassStats, packed_size
 from .errors import BundleError, BundleFormatError, BundleIntegrityError, BundleVersionError
-from .mask_packing import mask_bits_for, pack_nibbles, unpack_nibbles
+from .mask_packing import (MASK_CODINGS, deflate, inflate, mask_bits_for, pack_nibbles,
+                           unpack_nibbles)
 from .probe_inputs import PROBE_SEED, seeded_probe_input
+from .step_precision import STEP_DTYPE_NAME, narrowed, widened
 
 FORMAT_NAME = "m2kd-bundle"
 FORMAT_VERSION = "2"
@@ -96,11 +98,23 @@ class Bundle:
     # On-disk mask form (runtime/mask_packing.py): None = the most compact that fits;
     # a loaded bundle keeps its file's form, so its checksum stays the file's.
     mask_bits: int | None = None
+    mask_coding: str | None = None  # "raw" or "deflate" (None: deflate)
+    # Step-private tensors (runtime/step_precision.py): "float16" stores each one at 16 bits
+    # where that is lossless; "float32" as is (None: float16).
+    step_dtype: str | None = None
 
     @property
     def stored_mask_bits(self) -> int:
         """Bits per owner as this bundle is written: its own form, widened when needed."""
         return max(self.mask_bits or 4, mask_bits_for(self.num_steps))
+
+    @property
+    def stored_mask_coding(self) -> str:
+        return self.mask_coding or "deflate"
+
+    @property
+    def stored_step_dtype(self) -> str:
+        return self.step_dtype or STEP_DTYPE_NAME
 
     @property
     def num_steps(self) -> int:
@@ -128,27 +142,32 @@ def _step_prefix(k: int) -> str:
     return f"step.{k}."
 
 
+def _mask_on_disk(mask: torch.Tensor, bits: int, coding: str) -> torch.Tensor:
+    packed = pack_nibbles(mask) if bits == 4 else mask
+    return deflate(packed.reshape(-1)) if coding == "deflate" else packed
+
+
 def _to_safetensors(bundle: Bundle, checksum: str) -> tuple[dict[str, torch.Tensor], dict]:
     tensors = {}
-    bits = bundle.stored_mask_bits
+    bits, coding = bundle.stored_mask_bits, bundle.stored_mask_coding
+    private = narrowed if bundle.stored_step_dtype == STEP_DTYPE_NAME else (lambda t: t)
     derived_probes = _probes_are_seeded(bundle)
     for name, w in bundle.weights.items():
         tensors[f"backbone.{name}"] = w
-        mask = bundle.masks[name]
-        tensors[f"mask.{name}"] = pack_nibbles(mask) if bits == 4 else mask
+        tensors[f"mask.{name}"] = _mask_on_disk(bundle.masks[name], bits, coding)
     for k, rec in enumerate(bundle.steps, start=1):
         p = _step_prefix(k)
         for name, t in rec.batchnorm.items():
-            tensors[f"{p}bn.{name}"] = t
+            tensors[f"{p}bn.{name}"] = private(t)
         for part in ("weight", "bias"):
-            tensors[f"{p}head.{part}"] = rec.head[part]
-            tensors[f"{p}aux_head.{part}"] = rec.aux_head[part]
+            tensors[f"{p}head.{part}"] = private(rec.head[part])
+            tensors[f"{p}aux_head.{part}"] = private(rec.aux_head[part])
         if not derived_probes:
             tensors[f"{p}probe.input"] = rec.probe_input
         tensors[f"{p}probe.logits"] = rec.probe_logits
         for space, stats in rec.stats.items():
             for part in STATS_PARTS:
-                tensors[f"{p}stats.{space}.{part}"] = getattr(stats, part)
+                tensors[f"{p}stats.{space}.{part}"] = private(getattr(stats, part))
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     from . import __version__
     metadata = {
@@ -164,6 +183,10 @@ def _to_safetensors(bundle: Bundle, checksum: str) -> tuple[dict[str, torch.Tens
     }
     if bits == 4:  # absent = 8, so bundles written before packing keep their checksum
         metadata["mask_bits"] = "4"
+    if coding == "deflate":  # absent = raw, likewise
+        metadata["mask_coding"] = "deflate"
+    if bundle.stored_step_dtype == STEP_DTYPE_NAME:  # absent = float32, likewise
+        metadata["step_dtype"] = STEP_DTYPE_NAME
     if derived_probes:  # absent: every step stores its probe input
         metadata["probe_seed"] = str(PROBE_SEED)
     return tensors, metadata
@@ -320,13 +343,34 @@ def _parsed_metadata(metadata: dict):
 def _stored_mask(stored: torch.Tensor, weight: torch.Tensor, metadata: dict, name: str
                  ) -> torch.Tensor:
     """The uint8 owner mask shaped like `weight`, from its on-disk form (`mask_bits`:
-    absent or "8" = as is, e.g. every v1 bundle; "4" = packed nibbles)."""
-    bits = metadata.get("mask_bits", "8")
+    absent or "8" = as is, e.g. every v1 bundle; "4" = packed nibbles; `mask_coding`:
+    absent = raw, "deflate" = that byte string deflated)."""
+    bits = metadata.get("mask_bits", "8")  # checked by _stored_form
+    if metadata.get("mask_coding", "raw") == "deflate":
+        n = weight.numel()
+        stored = inflate(stored, (n + 1) // 2 if bits == "4" else n, f"mask.{name}")
+        if bits == "8":
+            stored = stored.reshape(weight.shape)
     if bits == "4":
         return unpack_nibbles(stored, weight.shape, f"mask.{name}")
-    if bits != "8":
-        raise BundleFormatError(f"metadata 'mask_bits' must be 4 or 8, got {bits!r}")
     return stored
+
+
+def _stored_form(metadata: dict) -> dict:
+    """The on-disk form a loaded bundle keeps, so that re-saving it changes no byte."""
+    bits = metadata.get("mask_bits", "8")
+    if bits not in ("4", "8"):
+        raise BundleFormatError(f"metadata 'mask_bits' must be 4 or 8, got {bits!r}")
+    coding = metadata.get("mask_coding", "raw")
+    step_dtype = metadata.get("step_dtype", "float32")
+    if coding not in MASK_CODINGS:
+        raise BundleFormatError(f"metadata 'mask_coding' must be one of "
+                                f"{', '.join(MASK_CODINGS)}, got {coding!r}")
+    if step_dtype not in ("float32", STEP_DTYPE_NAME):
+        raise BundleFormatError(f"metadata 'step_dtype' must be float32 or "
+                                f"{STEP_DTYPE_NAME}, got {step_dtype!r}")
+    return {"mask_bits": int(bits), "mask_coding": coding,
+            "step_dtype": step_dtype}
 
 
 def _seeded_probe(seed: str, spec: InputSpec) -> torch.Tensor:
@@ -337,6 +381,7 @@ def _seeded_probe(seed: str, spec: InputSpec) -> torch.Tensor:
 
 def _from_safetensors(tensors: dict[str, torch.Tensor], metadata: dict) -> Bundle:
     classes, method, classifier, spec = _parsed_metadata(metadata)
+    form = _stored_form(metadata)
     pool = dict(tensors)
 
     def take(name: str) -> torch.Tensor:
@@ -359,20 +404,19 @@ def _from_safetensors(tensors: dict[str, torch.Tensor], metadata: dict) -> Bundl
         bn_names = [n for n in pool if n.startswith(f"{p}bn.")]
         steps.append(StepRecord(
             classes=[str(c) for c in step_classes],
-            batchnorm={n[len(f"{p}bn."):]: pool.pop(n) for n in bn_names},
-            head={part: take(f"{p}head.{part}") for part in ("weight", "bias")},
-            aux_head={part: take(f"{p}aux_head.{part}") for part in ("weight", "bias")},
+            batchnorm={n[len(f"{p}bn."):]: widened(pool.pop(n)) for n in bn_names},
+            head={part: widened(take(f"{p}head.{part}")) for part in ("weight", "bias")},
+            aux_head={part: widened(take(f"{p}aux_head.{part}")) for part in ("weight", "bias")},
             probe_input=(take(f"{p}probe.input") if "probe_seed" not in metadata
                          else _seeded_probe(metadata["probe_seed"], spec)),
             probe_logits=take(f"{p}probe.logits"),
-            stats={space: ClassStats(*(pool.pop(f"{p}stats.{space}.{part}")
+            stats={space: ClassStats(*(widened(pool.pop(f"{p}stats.{space}.{part}"))
                                        for part in STATS_PARTS))
                    for space in STATS_SPACES if f"{p}stats.{space}.count" in pool},
         ))
     if pool:
         raise BundleFormatError(f"bundle has unexpected tensors: {', '.join(sorted(pool)[:5])}")
-    return Bundle(metadata["arch"], spec, weights, masks, steps, method, classifier,
-                  mask_bits=int(metadata.get("mask_bits", "8")))
+    return Bundle(metadata["arch"], spec, weights, masks, steps, method, classifier, **form)
 
 
 # ---------------------------------------------------------------- validation

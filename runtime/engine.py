@@ -37,6 +37,7 @@ from .inference import run_in_batches
 from .losses import REDUCTIONS
 from .owner_masks import PruneStats, empty_masks, prune_free_weights
 from .reconstruct import model_of_step
+from .step_precision import round_in_place, round_private_tensors
 from .teachers import Batch, apply_view
 
 
@@ -216,6 +217,9 @@ def run_step(previous: Bundle | None, data: StepData, new_classes: list[str], me
         masks = {name: torch.ones_like(m) for name, m in masks.items()}
     method.after_step(ctx)
     _check_after_step(ctx, masks, packing, owned_before)
+    # From here on the step is what the bundle stores: its BatchNorm and heads at 16 bits
+    # (runtime/step_precision.py), so probes, statistics and later teachers all see it.
+    round_private_tensors(ctx.model)
     train_new = new_class_accuracy(ctx)
     stats = new_class_statistics(ctx)
 
@@ -437,6 +441,8 @@ def new_class_statistics(ctx: StepContext) -> dict[str, ClassStats]:
     for space, model in spaces.items():
         moments = moments_of(pooled_features(model, images, ctx.device), labels, classes)
         stats[space] = Moments(*(all_reduce_sum(t) for t in moments.tensors())).statistics()
+        round_in_place(stats[space].mean)  # stored at 16 bits (runtime/step_precision.py)
+        round_in_place(stats[space].cov)
     ctx.model.train()
     return stats
 

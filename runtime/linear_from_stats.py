@@ -40,13 +40,24 @@ def lda_head(stats: ClassStats, shrinkage: float = 1.0) -> tuple[torch.Tensor, t
     return w.float(), b.float()
 
 
+def covariance_factors(cov: torch.Tensor) -> torch.Tensor:
+    """L with L L^T = cov (+ a tiny jitter) per class: Cholesky, or, for a covariance that
+    rounding left a hair below positive semi-definite (statistics are stored at 16 bits),
+    V sqrt(max(lambda, 0)) from its eigendecomposition."""
+    jitter = VARIANCE_FLOOR * torch.eye(cov.shape[-1], dtype=cov.dtype)
+    chol, info = torch.linalg.cholesky_ex(cov + jitter)
+    failed = info > 0
+    if failed.any():
+        values, vectors = torch.linalg.eigh(cov[failed] + jitter)
+        chol[failed] = vectors * values.clamp(min=0).sqrt()[:, None, :]
+    return chol
+
+
 def pseudo_features(stats: ClassStats, per_class: int, generator: torch.Generator
                     ) -> tuple[torch.Tensor, torch.Tensor]:
     """`per_class` draws of N(mu_c, Sigma_c) for every class, and their labels."""
-    cov = stats.covariances().double()
-    jitter = VARIANCE_FLOOR * torch.eye(stats.dim, dtype=cov.dtype)
-    chol = torch.linalg.cholesky(cov + jitter)
-    noise = torch.randn(len(stats), per_class, stats.dim, generator=generator, dtype=cov.dtype)
+    chol = covariance_factors(stats.covariances().double())
+    noise = torch.randn(len(stats), per_class, stats.dim, generator=generator, dtype=chol.dtype)
     samples = stats.mean.double()[:, None, :] + noise @ chol.transpose(1, 2)
     labels = torch.arange(len(stats)).repeat_interleave(per_class)
     return samples.reshape(-1, stats.dim).float(), labels

@@ -1,15 +1,20 @@
-"""Owner masks on disk: 4 bits per weight while a bundle has at most 15 steps.
+"""Owner masks on disk: 4 bits per weight while a bundle has at most 15 steps, then
+deflate-coded.
 
 In memory a mask is a uint8 tensor shaped like its weight. On disk (bundle v2,
 metadata `mask_bits`) it is either that tensor (`"8"`) or the flattened owners packed
 two per byte, the first weight in the low nibble (`"4"`, chosen whenever every owner
-fits: 0..15). Masks are half the size, which is most of what a bundle adds over one
-plain model (docs/bundle-format.md).
+fits: 0..15). With metadata `mask_coding: "deflate"` that byte string is stored
+deflate-compressed (zlib, RFC 1950): owners are far from uniform (each step keeps a
+fixed share of the weights still free, so the counts fall geometrically), and deflate
+comes within 3 % of their entropy (3.1 bits per weight for ResNet-32 after 11 steps;
+docs/bundle-format.md).
 """
 
 from __future__ import annotations
 
 import math
+import zlib
 
 import torch
 
@@ -39,3 +44,29 @@ def unpack_nibbles(packed: torch.Tensor, shape: torch.Size, name: str) -> torch.
                                 f"({(n + 1) // 2},), got {packed.dtype} {tuple(packed.shape)}")
     owners = torch.stack([packed & 0x0F, packed >> 4], dim=1).reshape(-1)[:n]
     return owners.reshape(shape).contiguous()
+
+
+MASK_CODINGS = ("raw", "deflate")
+
+
+def deflate(packed: torch.Tensor) -> torch.Tensor:
+    """uint8 bytes -> their zlib stream (level 9) as a 1-D uint8 tensor."""
+    data = zlib.compress(packed.numpy().tobytes(), 9)
+    return torch.frombuffer(bytearray(data), dtype=torch.uint8)
+
+
+def inflate(stored: torch.Tensor, length: int, name: str) -> torch.Tensor:
+    """Inverse of `deflate` for a stream that must hold exactly `length` bytes. Never
+    inflates more than that, so a crafted stream cannot exhaust memory."""
+    if stored.dtype != torch.uint8 or stored.dim() != 1:
+        raise BundleFormatError(f"{name}: a deflated mask must be 1-D uint8, got "
+                                f"{stored.dtype} {tuple(stored.shape)}")
+    stream = zlib.decompressobj()
+    try:
+        data = stream.decompress(stored.numpy().tobytes(), length + 1)  # +1: sees excess
+    except zlib.error:
+        raise BundleFormatError(f"{name}: the deflated mask is corrupt") from None
+    if len(data) != length or not stream.eof or stream.unconsumed_tail or stream.unused_data:
+        raise BundleFormatError(f"{name}: the deflated mask does not hold exactly "
+                                f"{length} bytes")
+    return torch.frombuffer(bytearray(data), dtype=torch.uint8)

@@ -39,6 +39,8 @@ def bundle_report(path: Path) -> dict:
         # what the bundle adds to the shared weights: what M2KD's Table 2 counts
         "extra_bytes": sum(n for part, n in sizes.items() if part != "weights"),
         "mask_bits": bundle.stored_mask_bits,
+        "mask_coding": bundle.stored_mask_coding,
+        "step_dtype": bundle.stored_step_dtype,
         "every_snapshot_bytes": snapshot_bytes(bundle),
         "free_fraction": sum(layer["free"] * layer["params"] for layer in layers) / total_params,
         "layers": layers,
@@ -62,7 +64,9 @@ def format_report(r: dict) -> str:
     lines += [f"  {part:<10}{_mb(r['bytes_by_part'][part])}" for part in PARTS]
     lines += [f"  {'file':<10}{_mb(r['file_bytes'])}",
               f"  beyond the shared weights {_mb(r['extra_bytes'])} (masks at {r['mask_bits']} "
-              f"bits; M2KD Table 2: {PAPER_EXTRA_MB} MB for ResNet-32, 10 CIFAR-100 steps)",
+              f"bits, {r['mask_coding']}; step parts {r['step_dtype']})",
+              f"  without statistics {_mb(r['extra_bytes'] - r['bytes_by_part']['statistics'])} "
+              f"(M2KD Table 2: {PAPER_EXTRA_MB} MB for ResNet-32, 10 CIFAR-100 steps)",
               f"  every step as its own fp32 model would take {_mb(r['every_snapshot_bytes'])} "
               f"({r['every_snapshot_bytes'] / r['file_bytes']:.1f}x this file)", "",
               f"free weights: {100 * r['free_fraction']:.1f}% overall", "",

@@ -14,10 +14,10 @@ from m2kd.runtime.class_stats import ClassStats, pack, pooled_features, statisti
     unpack
 from m2kd.runtime.classifier import classifier_config, scorer_of_step, stats_up_to
 from m2kd.runtime.errors import BundleFormatError
-from m2kd.runtime.linear_from_stats import LinearOnStats, lda_head, pseudo_feature_head, \
-    pseudo_features
+from m2kd.runtime.linear_from_stats import LinearOnStats, covariance_factors, lda_head, \
+    pseudo_feature_head, pseudo_features
 from m2kd.runtime.reconstruct import check_probes, model_of_step
-from m2kd.runtime.stats_classifier import FeCAM, shrink
+from m2kd.runtime.stats_classifier import VARIANCE_FLOOR, FeCAM, shrink
 
 from tests.conftest import steps_of
 
@@ -92,6 +92,13 @@ def test_shrinkage_makes_a_singular_covariance_invertible():
     assert torch.linalg.eigvalsh(shrink(cov)).min() > 0
 
 
+def assert_same_statistics(stored, again):
+    """Equal up to the float16 rounding they are stored with (runtime/step_precision.py)."""
+    half_ulp = 2.0 ** -11
+    assert torch.allclose(stored.mean, again.mean, rtol=half_ulp, atol=1e-5)
+    assert torch.allclose(stored.cov, again.cov, rtol=half_ulp, atol=1e-5)
+
+
 def test_statistics_never_go_stale(three_step_bundle, digits):
     """Base-space statistics of step 1's classes, recomputed from the snapshot rebuilt out
     of the final bundle, equal the stored ones: the snapshot is exact."""
@@ -101,8 +108,7 @@ def test_statistics_never_go_stale(three_step_bundle, digits):
     feats = pooled_features(model_of_step(final, 1), data.images, "cpu")
     again = statistics_of(feats, data.labels, [0, 1])
     assert torch.equal(stored.count, again.count)
-    assert (stored.mean - again.mean).abs().max() <= 1e-5
-    assert (stored.cov - again.cov).abs().max() <= 1e-5
+    assert_same_statistics(stored, again)
     assert torch.equal(three_step_bundle[0].steps[0].stats["base"].mean, stored.mean)
 
 
@@ -120,9 +126,7 @@ def test_own_space_statistics_are_those_of_the_exact_snapshot(three_step_bundle,
         new = [i for i, c in enumerate(final.classes) if c in final.steps[k - 1].classes]
         feats = pooled_features(model_of_step(final, k), data.images, "cpu")
         again = statistics_of(feats, data.labels, new)
-        stored = final.steps[k - 1].stats["own"]
-        assert (stored.mean - again.mean).abs().max() <= 1e-5
-        assert (stored.cov - again.cov).abs().max() <= 1e-5
+        assert_same_statistics(final.steps[k - 1].stats["own"], again)
 
 
 def _own(bundle, x, step):
@@ -215,3 +219,16 @@ def test_runtime_serves_folded_steps_from_a_small_lru(three_step_bundle, digits,
     assert list(runtime._models) == [1, 3]  # 2 was least recently used
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in runtime.scorer(3).modules())
     assert runtime.scorer(3) is runtime.scorer(3)  # rebuilt once, then cached
+
+
+def test_pseudo_features_survive_a_covariance_rounded_below_semi_definite():
+    """Statistics stored at 16 bits can leave a rank-deficient covariance a hair below
+    PSD, where Cholesky fails; the factor then comes from the clamped eigenvalues."""
+    v = torch.linalg.qr(torch.randn(4, 4, generator=torch.Generator().manual_seed(0),
+                                    dtype=torch.float64))[0]
+    bad = v @ torch.diag(torch.tensor([2.0, 1.0, 0.0, -1e-3], dtype=torch.float64)) @ v.T
+    good = torch.eye(4, dtype=torch.float64)
+    factors = covariance_factors(torch.stack([good, bad]))
+    assert torch.equal(factors[0], torch.linalg.cholesky(good + VARIANCE_FLOOR * good))
+    clamped = v @ torch.diag(torch.tensor([2.0, 1.0, 0.0, 0.0], dtype=torch.float64)) @ v.T
+    assert torch.allclose(factors[1] @ factors[1].T, clamped, atol=1e-5)

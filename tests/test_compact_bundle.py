@@ -1,8 +1,12 @@
-"""A compact bundle: owner masks at 4 bits and probe inputs derived from a seed; exact
-round trips, fewer bytes, old files read and kept as they were."""
+"""A compact bundle: owner masks at 4 bits and deflated, step parts at 16 bits, probe
+inputs derived from a seed; exact round trips, fewer bytes, old files read and kept as
+they were."""
 
 from __future__ import annotations
 
+import copy
+import zlib
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +19,7 @@ from m2kd.runtime.errors import BundleFormatError
 from m2kd.runtime.mask_packing import mask_bits_for, pack_nibbles, unpack_nibbles
 from m2kd.runtime.probe_inputs import seeded_values
 from m2kd.runtime.reconstruct import check_probes
+from m2kd.runtime.step_precision import narrowed, round_in_place
 
 from tests.hostile import rewrite_bundle
 
@@ -89,4 +94,85 @@ def test_an_unknown_probe_seed_is_refused(tmp_path, three_step_bundle):
     save_bundle(three_step_bundle[-1], path)
     bad = rewrite_bundle(path, tmp_path / "c.safetensors", probe_seed="7")
     with pytest.raises(BundleFormatError, match="probe_seed"):
+        load_bundle(bad, check_checksum=False)
+
+
+# ------------------------------------------------- 16-bit step parts, deflated masks
+
+
+def test_step_parts_are_stored_at_16_bits_and_the_rebuild_stays_exact(three_step_bundle,
+                                                                       tmp_path):
+    """The engine rounds a step's BatchNorm, heads and statistics before anything reads
+    them, so the file narrows them losslessly and every probe still matches."""
+    path = tmp_path / "b.safetensors"
+    save_bundle(three_step_bundle[-1], path)
+    with safe_open(path, "pt") as f:
+        meta = f.metadata()
+        dtypes = {k: f.get_tensor(k).dtype for k in f.keys()}
+    assert meta["step_dtype"] == "float16" and meta["mask_coding"] == "deflate"
+    private = [k for k in dtypes if k.startswith("step.") and ".probe." not in k
+               and not k.endswith(".count")]
+    assert private and all(dtypes[k] == torch.float16 for k in private)
+    assert all(dtypes[k] == torch.float32 for k in dtypes if k.startswith("backbone."))
+    loaded = load_bundle(path)
+    assert all(c.ok and c.max_abs_diff <= 1e-5 for c in check_probes(loaded))
+    original = three_step_bundle[-1]
+    for rec, again in zip(original.steps, loaded.steps):
+        assert all(torch.equal(rec.batchnorm[n], again.batchnorm[n]) for n in rec.batchnorm)
+        assert torch.equal(rec.head["weight"], again.head["weight"])
+        assert torch.equal(rec.stats["base"].cov, again.stats["base"].cov)
+    assert all(torch.equal(loaded.masks[n], original.masks[n]) for n in original.masks)
+
+
+def test_16_bit_parts_and_deflate_halve_what_a_bundle_adds(three_step_bundle):
+    bundle = three_step_bundle[-1]
+    wide = bytes_by_part(replace(copy.copy(bundle), mask_coding="raw", step_dtype="float32"))
+    compact = bytes_by_part(bundle)
+    for part in ("batchnorm", "heads"):
+        assert compact[part] * 2 == wide[part]
+    assert compact["masks"] < wide["masks"]
+    assert compact["weights"] == wide["weights"]
+
+
+def test_an_old_bundle_keeps_its_32_bit_form_when_saved_again(tmp_path):
+    old = load_bundle(GOLDEN_V2)
+    assert (old.mask_coding, old.step_dtype) == ("raw", "float32")
+    path = tmp_path / "again.safetensors"
+    assert save_bundle(old, path) == read_metadata(GOLDEN_V2)["checksum"]
+
+
+def test_round_in_place_leaves_values_beyond_float16_alone():
+    t = torch.tensor([1.0 + 2 ** -20, 3.0])
+    round_in_place(t)
+    assert t.tolist() == [1.0, 3.0]
+    big = torch.tensor([1e6, 1.0 + 2 ** -20])
+    round_in_place(big)
+    assert big.tolist() == [1e6, 1.0 + 2 ** -20]  # stays float32 on disk, unrounded
+    assert narrowed(big).dtype == torch.float32 and narrowed(t).dtype == torch.float16
+
+
+@pytest.mark.parametrize("key,value", [("mask_coding", "lzma"), ("step_dtype", "bfloat16")])
+def test_an_unknown_stored_form_is_refused(tmp_path, key, value):
+    bad = rewrite_bundle(GOLDEN_V2, tmp_path / "b.safetensors", **{key: value})
+    with pytest.raises(BundleFormatError, match=key):
+        load_bundle(bad, check_checksum=False)
+
+
+def _with_first_mask(stream: bytes):
+    def edit(tensors):
+        name = sorted(k for k in tensors if k.startswith("mask."))[0]
+        tensors[name] = torch.frombuffer(bytearray(stream), dtype=torch.uint8)
+    return edit
+
+
+@pytest.mark.parametrize("stream,message", [
+    (b"not a zlib stream", "corrupt"),
+    (zlib.compress(b"\x00" * 50_000_000), "exactly"),  # a 50 MB bomb in ~50 KB
+    (zlib.compress(b"\x00" * 3), "exactly"),
+])
+def test_a_bad_deflated_mask_is_a_format_error(three_step_bundle, tmp_path, stream, message):
+    path = tmp_path / "b.safetensors"
+    save_bundle(three_step_bundle[-1], path)
+    bad = rewrite_bundle(path, tmp_path / "c.safetensors", _with_first_mask(stream))
+    with pytest.raises(BundleFormatError, match=message):
         load_bundle(bad, check_checksum=False)
