@@ -492,9 +492,19 @@ def _check_stats(what: str, stats: ClassStats, n: int, dim: int) -> None:
     if not (torch.isfinite(stats.mean).all() and torch.isfinite(stats.cov).all()):
         raise BundleFormatError(f"{what}: statistics must be finite")
     eig = torch.linalg.eigvalsh(stats.covariances().double())
-    scale = eig.abs().amax(dim=1).clamp(min=1e-12)
-    if (eig.amin(dim=1) < -1e-4 * scale).any():
+    if (eig.amin(dim=1) < -_rounding_slack(stats.cov, dim, eig.abs().amax(dim=1))).any():
         raise BundleFormatError(f"{what}.cov: a covariance is not positive semi-definite")
+
+
+def _rounding_slack(cov: torch.Tensor, dim: int, largest: torch.Tensor) -> torch.Tensor:
+    """How far below zero rounding may push an eigenvalue: 1e-4 of the largest for float32
+    values. For values rounded to 16 bits the rounding matrix E has |E_ij| <= 2^-11 |C_ij|
+    + 2^-25 (subnormals), so |E|_2 <= D (2^-11 lambda_max + 2^-25). A class with fewer
+    images than dimensions has a rank-deficient covariance whose zero eigenvalues land
+    anywhere in that band."""
+    if torch.equal(narrowed(cov).float(), cov):
+        return dim * (2.0 ** -11 * largest + 2.0 ** -25)
+    return 1e-4 * largest.clamp(min=1e-12)
 
 
 def make_probe_input(spec: InputSpec) -> torch.Tensor:

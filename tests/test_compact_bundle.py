@@ -15,6 +15,7 @@ import torch
 from safetensors import safe_open
 
 from m2kd.runtime.bundle import bytes_by_part, load_bundle, read_metadata, save_bundle
+from m2kd.runtime.class_stats import ClassStats, pack, statistics_of
 from m2kd.runtime.errors import BundleFormatError
 from m2kd.runtime.mask_packing import mask_bits_for, pack_nibbles, unpack_nibbles
 from m2kd.runtime.probe_inputs import seeded_values
@@ -176,3 +177,25 @@ def test_a_bad_deflated_mask_is_a_format_error(three_step_bundle, tmp_path, stre
     bad = rewrite_bundle(path, tmp_path / "c.safetensors", _with_first_mask(stream))
     with pytest.raises(BundleFormatError, match=message):
         load_bundle(bad, check_checksum=False)
+
+
+def test_a_class_with_two_images_keeps_its_16_bit_covariance(three_step_bundle, tmp_path):
+    """Rank 1 in D dimensions, with small features (covariance entries in float16's
+    subnormal range): rounding moves its zero eigenvalues below zero, within the bound
+    the reader allows for 16-bit values; a real negative eigenvalue is still refused."""
+    bundle = copy.deepcopy(three_step_bundle[-1])
+    stats = bundle.steps[0].stats["base"]
+    g = torch.Generator().manual_seed(0)
+    features = torch.rand(2 * len(stats), stats.dim, generator=g) * 3e-6  # tukey: sqrt
+    two = statistics_of(features, torch.arange(len(stats)).repeat(2), list(range(len(stats))))
+    for t in (two.mean, two.cov):
+        round_in_place(t)
+    eig = torch.linalg.eigvalsh(two.covariances().double())
+    assert (eig.amin(1) / eig.amax(1)).min() < -1e-4  # beyond the float32 reader's slack
+    bundle.steps[0].stats["base"] = two
+    save_bundle(bundle, tmp_path / "ok.safetensors")
+    cov = two.covariances().clone()
+    cov[0] = -cov[0]  # eigenvalue -lambda_max: no rounding does that
+    bundle.steps[0].stats["base"] = ClassStats(two.count, two.mean, pack(cov.double()).float())
+    with pytest.raises(BundleFormatError, match="positive semi-definite"):
+        save_bundle(bundle, tmp_path / "bad.safetensors")
