@@ -27,6 +27,8 @@ FORMS = {
     "4-bit masks, fp32 steps": {"mask_bits": 4, "mask_coding": "raw", "step_dtype": "float32"},
     "4-bit deflated, fp16 steps": {"mask_bits": 4, "mask_coding": "deflate",
                                    "step_dtype": "float16"},
+    "4-bit by |w|, fp16 steps": {"mask_bits": 4, "mask_coding": "sorted-deflate",
+                                 "step_dtype": "float16"},
 }
 
 

@@ -22,8 +22,7 @@ from .atomic import atomic_write_bytes
 from .backbones import BACKBONES, batchnorm_state, create_backbone, masked_parameter_names
 from .class_stats import ClassStats, packed_size
 from .errors import BundleError, BundleFormatError, BundleIntegrityError, BundleVersionError
-from .mask_packing import (MASK_CODINGS, deflate, inflate, mask_bits_for, pack_nibbles,
-                           unpack_nibbles)
+from .mask_packing import MASK_CODINGS, decode_mask, encode_mask, mask_bits_for
 from .probe_inputs import PROBE_SEED, seeded_probe_input
 from .step_precision import STEP_DTYPE_NAME, narrowed, widened
 
@@ -98,7 +97,7 @@ class Bundle:
     # On-disk mask form (runtime/mask_packing.py): None = the most compact that fits;
     # a loaded bundle keeps its file's form, so its checksum stays the file's.
     mask_bits: int | None = None
-    mask_coding: str | None = None  # "raw" or "deflate" (None: deflate)
+    mask_coding: str | None = None  # mask_packing.MASK_CODINGS (None: "sorted-deflate")
     # Step-private tensors (runtime/step_precision.py): "float16" stores each one at 16 bits
     # where that is lossless; "float32" as is (None: float16).
     step_dtype: str | None = None
@@ -110,7 +109,7 @@ class Bundle:
 
     @property
     def stored_mask_coding(self) -> str:
-        return self.mask_coding or "deflate"
+        return self.mask_coding or "sorted-deflate"
 
     @property
     def stored_step_dtype(self) -> str:
@@ -142,11 +141,6 @@ def _step_prefix(k: int) -> str:
     return f"step.{k}."
 
 
-def _mask_on_disk(mask: torch.Tensor, bits: int, coding: str) -> torch.Tensor:
-    packed = pack_nibbles(mask) if bits == 4 else mask
-    return deflate(packed.reshape(-1)) if coding == "deflate" else packed
-
-
 def _to_safetensors(bundle: Bundle, checksum: str) -> tuple[dict[str, torch.Tensor], dict]:
     tensors = {}
     bits, coding = bundle.stored_mask_bits, bundle.stored_mask_coding
@@ -154,7 +148,7 @@ def _to_safetensors(bundle: Bundle, checksum: str) -> tuple[dict[str, torch.Tens
     derived_probes = _probes_are_seeded(bundle)
     for name, w in bundle.weights.items():
         tensors[f"backbone.{name}"] = w
-        tensors[f"mask.{name}"] = _mask_on_disk(bundle.masks[name], bits, coding)
+        tensors[f"mask.{name}"] = encode_mask(bundle.masks[name], w, bits, coding)
     for k, rec in enumerate(bundle.steps, start=1):
         p = _step_prefix(k)
         for name, t in rec.batchnorm.items():
@@ -183,8 +177,8 @@ def _to_safetensors(bundle: Bundle, checksum: str) -> tuple[dict[str, torch.Tens
     }
     if bits == 4:  # absent = 8, so bundles written before packing keep their checksum
         metadata["mask_bits"] = "4"
-    if coding == "deflate":  # absent = raw, likewise
-        metadata["mask_coding"] = "deflate"
+    if coding != "raw":  # absent = raw, likewise
+        metadata["mask_coding"] = coding
     if bundle.stored_step_dtype == STEP_DTYPE_NAME:  # absent = float32, likewise
         metadata["step_dtype"] = STEP_DTYPE_NAME
     if derived_probes:  # absent: every step stores its probe input
@@ -340,22 +334,6 @@ def _parsed_metadata(metadata: dict):
     return classes, method, classifier, spec
 
 
-def _stored_mask(stored: torch.Tensor, weight: torch.Tensor, metadata: dict, name: str
-                 ) -> torch.Tensor:
-    """The uint8 owner mask shaped like `weight`, from its on-disk form (`mask_bits`:
-    absent or "8" = as is, e.g. every v1 bundle; "4" = packed nibbles; `mask_coding`:
-    absent = raw, "deflate" = that byte string deflated)."""
-    bits = metadata.get("mask_bits", "8")  # checked by _stored_form
-    if metadata.get("mask_coding", "raw") == "deflate":
-        n = weight.numel()
-        stored = inflate(stored, (n + 1) // 2 if bits == "4" else n, f"mask.{name}")
-        if bits == "8":
-            stored = stored.reshape(weight.shape)
-    if bits == "4":
-        return unpack_nibbles(stored, weight.shape, f"mask.{name}")
-    return stored
-
-
 def _stored_form(metadata: dict) -> dict:
     """The on-disk form a loaded bundle keeps, so that re-saving it changes no byte."""
     bits = metadata.get("mask_bits", "8")
@@ -394,7 +372,8 @@ def _from_safetensors(tensors: dict[str, torch.Tensor], metadata: dict) -> Bundl
     if orphans:
         raise BundleFormatError(f"bundle lacks tensor 'backbone.{orphans[0][5:]}' "
                                 f"(its mask is present)")
-    masks = {name: _stored_mask(take(f"mask.{name}"), weights[name], metadata, name)
+    masks = {name: decode_mask(take(f"mask.{name}"), weights[name], form["mask_bits"],
+                               form["mask_coding"], f"mask.{name}")
              for name in weights}
     for name in weights:
         pool.pop(f"backbone.{name}")

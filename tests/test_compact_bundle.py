@@ -17,7 +17,8 @@ from safetensors import safe_open
 from m2kd.runtime.bundle import bytes_by_part, load_bundle, read_metadata, save_bundle
 from m2kd.runtime.class_stats import ClassStats, pack, statistics_of
 from m2kd.runtime.errors import BundleFormatError
-from m2kd.runtime.mask_packing import mask_bits_for, pack_nibbles, unpack_nibbles
+from m2kd.runtime.mask_packing import (decode_mask, encode_mask, mask_bits_for, pack_nibbles,
+                                      unpack_nibbles)
 from m2kd.runtime.probe_inputs import seeded_values
 from m2kd.runtime.reconstruct import check_probes
 from m2kd.runtime.step_precision import narrowed, round_in_place
@@ -110,7 +111,7 @@ def test_step_parts_are_stored_at_16_bits_and_the_rebuild_stays_exact(three_step
     with safe_open(path, "pt") as f:
         meta = f.metadata()
         dtypes = {k: f.get_tensor(k).dtype for k in f.keys()}
-    assert meta["step_dtype"] == "float16" and meta["mask_coding"] == "deflate"
+    assert meta["step_dtype"] == "float16" and meta["mask_coding"] == "sorted-deflate"
     private = [k for k in dtypes if k.startswith("step.") and ".probe." not in k
                and not k.endswith(".count")]
     assert private and all(dtypes[k] == torch.float16 for k in private)
@@ -128,10 +129,12 @@ def test_step_parts_are_stored_at_16_bits_and_the_rebuild_stays_exact(three_step
 def test_16_bit_parts_and_deflate_halve_what_a_bundle_adds(three_step_bundle):
     bundle = three_step_bundle[-1]
     wide = bytes_by_part(replace(copy.copy(bundle), mask_coding="raw", step_dtype="float32"))
+    deflated = bytes_by_part(replace(copy.copy(bundle), mask_coding="deflate"))
     compact = bytes_by_part(bundle)
     for part in ("batchnorm", "heads"):
         assert compact[part] * 2 == wide[part]
-    assert compact["masks"] < wide["masks"]
+    assert compact["statistics"] * 2 < wide["statistics"] * 1.01  # counts stay int64
+    assert compact["masks"] < deflated["masks"] < wide["masks"]
     assert compact["weights"] == wide["weights"]
 
 
@@ -199,3 +202,23 @@ def test_a_class_with_two_images_keeps_its_16_bit_covariance(three_step_bundle, 
     bundle.steps[0].stats["base"] = ClassStats(two.count, two.mean, pack(cov.double()).float())
     with pytest.raises(BundleFormatError, match="positive semi-definite"):
         save_bundle(bundle, tmp_path / "bad.safetensors")
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+@pytest.mark.parametrize("coding", ["raw", "deflate", "sorted-deflate"])
+def test_every_mask_coding_round_trips_with_tied_magnitudes(bits, coding):
+    g = torch.Generator().manual_seed(0)
+    weight = torch.randn(6, 5, 3, 3, generator=g)
+    mask = torch.randint(0, 16, weight.shape, dtype=torch.uint8, generator=g)
+    weight[mask == 0] = 0.0  # free weights: all tied at 0
+    weight[0, 0, 0, :2] = torch.tensor([0.5, -0.5])  # |w| ties of opposite sign
+    stored = encode_mask(mask, weight, bits, coding)
+    assert torch.equal(decode_mask(stored, weight, bits, coding, "m"), mask)
+
+
+def test_a_sorted_mask_needs_finite_weights():
+    weight = torch.tensor([1.0, float("nan"), 0.0])
+    stored = encode_mask(torch.tensor([1, 2, 0], dtype=torch.uint8), weight, 4,
+                         "sorted-deflate")
+    with pytest.raises(BundleFormatError, match="non-finite"):
+        decode_mask(stored, weight, 4, "sorted-deflate", "mask.x")
