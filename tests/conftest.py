@@ -85,3 +85,11 @@ def step_labels(monkeypatch):
 
     monkeypatch.setattr(protocol_module, "run_step", spy)
     return seen
+
+
+def assert_same_statistics(stored, again):
+    """Equal up to the float16 rounding they are stored with (runtime/step_precision.py)."""
+    half_ulp = 2.0 ** -11
+    assert torch.equal(stored.count, again.count)
+    assert torch.allclose(stored.mean, again.mean, rtol=half_ulp, atol=1e-5)
+    assert torch.allclose(stored.cov, again.cov, rtol=half_ulp, atol=1e-5)

@@ -19,7 +19,7 @@ from m2kd.runtime.linear_from_stats import LinearOnStats, covariance_factors, ld
 from m2kd.runtime.reconstruct import check_probes, model_of_step
 from m2kd.runtime.stats_classifier import VARIANCE_FLOOR, FeCAM, shrink
 
-from tests.conftest import steps_of
+from tests.conftest import assert_same_statistics, steps_of
 
 GOLDEN_V2 = Path(__file__).parent / "data" / "golden-v2.safetensors"
 GOLDEN_V2_CHECKSUM = "sha256:91c87cee582457335149e9db683153e1d541be75027037dc06463814882c5f55"
@@ -90,13 +90,6 @@ def test_shrinkage_makes_a_singular_covariance_invertible():
     cov = torch.zeros(1, 3, 3, dtype=torch.float64)
     cov[0, 0, 0] = 1.0
     assert torch.linalg.eigvalsh(shrink(cov)).min() > 0
-
-
-def assert_same_statistics(stored, again):
-    """Equal up to the float16 rounding they are stored with (runtime/step_precision.py)."""
-    half_ulp = 2.0 ** -11
-    assert torch.allclose(stored.mean, again.mean, rtol=half_ulp, atol=1e-5)
-    assert torch.allclose(stored.cov, again.cov, rtol=half_ulp, atol=1e-5)
 
 
 def test_statistics_never_go_stale(three_step_bundle, digits):

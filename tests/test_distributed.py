@@ -8,11 +8,12 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from m2kd.runtime.bundle import load_bundle
 from m2kd.runtime.class_stats import statistics_of
 from m2kd.runtime.reconstruct import check_probes
+
+from tests.conftest import assert_same_statistics
 
 WORKER = Path(__file__).parent / "ddp_worker.py"
 
@@ -47,7 +48,7 @@ def test_ranks_hold_identical_masks_weights_and_statistics(ddp_run):
 
 def test_statistics_reduced_across_ranks_equal_one_process(ddp_run):
     """The statistics of the DDP run, recomputed in one process from all the step's
-    images in the same snapshot, agree within 1e-5."""
+    images in the same snapshot, agree up to their 16-bit rounding."""
     from m2kd.runtime.class_stats import pooled_features
     from m2kd.runtime.reconstruct import model_of_step
     from m2kd.trainer.datasets import class_order, load_digits_dataset
@@ -61,10 +62,7 @@ def test_statistics_reduced_across_ranks_equal_one_process(ddp_run):
         new = step_data(data.train_images, data.train_labels, order[lo:hi], head)
         feats = pooled_features(model_of_step(bundle, 1), new.images, "cpu")
         again = statistics_of(feats, new.labels, list(range(lo, hi)))
-        stored = bundle.steps[k - 1].stats["base"]
-        assert torch.equal(stored.count, again.count)
-        assert (stored.mean - again.mean).abs().max() <= 1e-5
-        assert (stored.cov - again.cov).abs().max() <= 1e-5
+        assert_same_statistics(bundle.steps[k - 1].stats["base"], again)
 
 
 def test_a_failing_rank_fails_the_run_and_leaves_no_bundle(tmp_path):
