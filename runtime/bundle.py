@@ -434,6 +434,8 @@ def _check_weights(bundle: Bundle, skeleton) -> None:
                                 f"missing {sorted(missing)[:3]}, unexpected {sorted(extra)[:3]}")
     for name in expected:
         _expect(bundle.weights[name], params[name].shape, torch.float32, f"backbone.{name}")
+        if not torch.isfinite(bundle.weights[name]).all():  # masks are ordered by |w|
+            raise BundleFormatError(f"backbone.{name}: weights must be finite")
         mask = bundle.masks[name]
         _expect(mask, params[name].shape, MASK_DTYPE, f"mask.{name}")
         top = int(mask.max()) if mask.numel() else 0

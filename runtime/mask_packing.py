@@ -1,5 +1,5 @@
-"""Owner masks on disk: 4 bits per weight while a bundle has at most 15 steps, then
-deflate-coded.
+"""Owner masks on disk: 4 bits per weight while a bundle has at most 15 steps, sorted
+by weight magnitude and deflate-coded.
 
 In memory a mask is a uint8 tensor shaped like its weight. On disk (bundle v2,
 metadata `mask_bits`) it is either that tensor (`"8"`) or the flattened owners packed

@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from m2kd.runtime.atomic import atomic_write_bytes
 from m2kd.runtime.bundle import InputSpec, load_bundle, save_bundle
 from m2kd.runtime.cli import cli
-from m2kd.runtime.errors import DataError
+from m2kd.runtime.errors import BundleFormatError, DataError
 from m2kd.runtime.folders import read_class_folders
 from m2kd.runtime.images import ImageTooLarge, load_image
 
@@ -148,9 +148,21 @@ def _flipped(tmp_path, value):
     return path
 
 
-@pytest.mark.parametrize("value", [float("nan"), 0.5])
-def test_predict_refuses_and_inspect_flags_a_bundle_whose_probes_fail(tmp_path, value):
-    path = _flipped(tmp_path, value)
+def test_a_weight_that_is_not_finite_is_refused_on_save_and_on_load(tmp_path):
+    with pytest.raises(BundleFormatError, match="weights must be finite"):
+        _flipped(tmp_path, float("nan"))
+
+    def poison(tensors):
+        name = next(k for k in sorted(tensors) if k.startswith("backbone."))
+        tensors[name].view(-1)[0] = float("inf")
+    path = rewrite_bundle(GOLDEN_V2, tmp_path / "inf.safetensors", poison)
+    result = CliRunner().invoke(cli, ["inspect", str(path)])
+    assert result.exit_code != 0 and "weights must be finite" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_predict_refuses_and_inspect_flags_a_bundle_whose_probes_fail(tmp_path):
+    path = _flipped(tmp_path, 0.5)
     image = tmp_path / "x.png"
     image.write_bytes(png_bomb(8, 8))
     result = CliRunner().invoke(cli, ["predict", str(path), str(image), "--json"])
