@@ -12,7 +12,8 @@ from m2kd.runtime.cli import cli
 def test_bench_writes_report_and_plots(tmp_path):
     out = tmp_path / "bench"
     result = CliRunner().invoke(cli, ["bench", "--preset", "digits", "--methods", "ft,m2kd_stats",
-                                      "--seeds", "0,1", "--epochs", "1", "--device", "cpu",
+                                      "--seeds", "0,1", "--epochs", "1", "--finetune-epochs", "0",
+                                      "--device", "cpu",
                                       "--out", str(out)])
     assert result.exit_code == 0, result.output
     report = (out / "report.md").read_text()
@@ -21,6 +22,7 @@ def test_bench_writes_report_and_plots(tmp_path):
     assert (out / "confusion_matrices.png").stat().st_size > 1000
     runs = [json.loads((out / "runs" / "m2kd_stats" / f"seed{s}" / "results.json").read_text())
             for s in (0, 1)]
+    assert all(r["config"]["finetune_epochs"] == 0 for r in runs)  # pruned, not fine-tuned
     # the same runs scored by their sigmoid head: m2kd's result without a second training
     head_row = next(line for line in report.splitlines() if line.startswith("| m2kd (head) |"))
     heads = [100 * r["steps"][-1]["head_top1"] for r in runs]

@@ -153,12 +153,15 @@ def samples(dataset, out, per_class, classes, split, flat, seed):
 @click.option("--root", type=click.Path(file_okay=False, path_type=Path),
               help="Local data folder for CIFAR presets.")
 @click.option("--epochs", type=click.IntRange(min=1), help="Override the preset's epochs.")
+@click.option("--finetune-epochs", type=click.IntRange(min=0),
+              help="Epochs after pruning, packing methods (default: half of the epochs).")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="Override the lr.")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True)
 @click.option("--cached-only", is_flag=True,
               help="Only report runs already in OUT; run nothing new.")
-def bench(preset, methods, seeds, root, epochs, lr, device, out, cached_only):
+def bench(preset, methods, seeds, root, epochs, finetune_epochs, lr, device, out,
+          cached_only):
     """Run methods x seeds on a preset; write report.md (mean ± std) and plots."""
     import shlex
     import sys
@@ -180,7 +183,8 @@ def bench(preset, methods, seeds, root, epochs, lr, device, out, cached_only):
 
     # The papers' methods classify with their heads; `*_stats` methods with class statistics.
     config = recipe_config(p.recipe, epochs=p.epochs, lr=p.lr, batch_size=p.batch_size,
-                           augment="auto", classifier="head", device=device, progress=False)
+                           finetune_epochs=finetune_epochs, augment="auto",
+                           classifier="head", device=device, progress=False)
     out.mkdir(parents=True, exist_ok=True)
     results = run_grid(p, names, seed_list, out, config, str(root) if root else None,
                        log=click.echo, cached_only=cached_only)
