@@ -7,7 +7,7 @@ import torch
 
 from m2kd.runtime import engine as engine_module
 from m2kd.runtime import teachers as teachers_module
-from m2kd.runtime.engine import StepData, run_step
+from m2kd.runtime.engine import StepConfig, StepData, recipe_config, run_step
 from m2kd.runtime.errors import ConfigError, DataError
 from m2kd.runtime.m2kd import M2KD
 from m2kd.runtime.reconstruct import model_of_step
@@ -70,6 +70,16 @@ def test_bad_step_config_is_refused(digits):
     with pytest.raises(ConfigError, match="pruning ratio"):
         run_step(None, data, names, M2KD(), fast_config(prune_ratio=1.5), arch="resnet_small",
                  input_spec=digits.input_spec)
+
+
+def test_fine_tuning_after_pruning_takes_a_share_of_the_epochs():
+    assert StepConfig().epochs_after_pruning == 3  # 15 epochs, a fifth (docs/methods.md)
+    assert recipe_config("paper").epochs_after_pruning == 7  # "another half": 15 // 2
+    assert recipe_config("paper", epochs=80).epochs_after_pruning == 40  # Sec. 4.2
+    assert StepConfig(epochs=2).epochs_after_pruning == 1  # never zero unless asked
+    assert StepConfig(finetune_epochs=0).epochs_after_pruning == 0
+    with pytest.raises(ConfigError, match="fine-tune share"):
+        StepConfig(finetune_share=1.5).validate()
 
 
 def test_existing_class_name_is_refused(three_step_bundle, digits):

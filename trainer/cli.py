@@ -40,7 +40,7 @@ _DEFAULTS = StepConfig()
               "64, 15 epochs); paper: M2KD Sec. 4.2 (mean BCE, lr 2.0, batch 128, step decay).")
 @click.option("--epochs", type=click.IntRange(min=1), help="Override the recipe's epochs.")
 @click.option("--finetune-epochs", type=click.IntRange(min=0),
-              help="Epochs after pruning (default: half of --epochs).")
+              help="Epochs after pruning (default: a fifth of --epochs; paper recipe: half).")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True),
               help="Override the recipe's learning rate.")
 @click.option("--batch-size", type=click.IntRange(min=1), help="Override the recipe's batch.")
@@ -154,7 +154,7 @@ def samples(dataset, out, per_class, classes, split, flat, seed):
               help="Local data folder for CIFAR presets.")
 @click.option("--epochs", type=click.IntRange(min=1), help="Override the preset's epochs.")
 @click.option("--finetune-epochs", type=click.IntRange(min=0),
-              help="Epochs after pruning, packing methods (default: half of the epochs).")
+              help="Epochs after pruning, packing methods (default: the recipe's share).")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="Override the lr.")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True)
