@@ -14,6 +14,8 @@ class after each step with FeCAM built from class statistics in different spaces
 - lda:       linear discriminant (shared shrunk covariance) on base-space statistics;
 - pseudo:    softmax head fitted on balanced Gaussian pseudo-features of base-space statistics;
 - base+lda:  FeCAM base scores + LDA log-odds;
+- pseudo+base: log-softmax of the pseudo head + log-softmax of the base-space FeCAM
+             scores (one forward pass at any step);
 - pseudo+own: log-softmax of the pseudo head + log-softmax of the own-space FeCAM scores;
 - head:      the bundle's sigmoid head.
 
@@ -39,7 +41,7 @@ from m2kd.trainer.orders import named_order
 from m2kd.trainer.protocol import Protocol, run_protocol
 
 VARIANTS = ("base", "own", "base+own", "transport", "base+transport", "lda", "pseudo",
-            "base+lda", "pseudo+own", "oracle", "head")
+            "base+lda", "pseudo+base", "pseudo+own", "oracle", "head")
 
 
 def ridge_map(source: torch.Tensor, target: torch.Tensor, lam: float = 1e-2) -> torch.Tensor:
@@ -83,6 +85,8 @@ def evaluate(bundle, data, order, steps) -> dict[str, list[float]]:
         pseudo = LinearOnStats(*pseudo_feature_head(base_stats), 0.5)
         s_pseudo = pseudo(test_feats[0][test])
         out["pseudo"].append(acc(s_pseudo))
+        # both terms in the base snapshot: one forward pass at any step
+        out["pseudo+base"].append(acc(s_pseudo.log_softmax(1) + s_base.log_softmax(1)))
         # transport: birth-space statistics moved to snapshot k by a map fitted on step k's images
         new = torch.isin(ytr, torch.tensor([head_index[c] for c in steps[k]]))
         parts = []

@@ -73,7 +73,11 @@ def describe_classifier(spec: dict) -> str:
 
 def feature_steps(bundle: Bundle, step: int) -> list[int]:
     """The snapshots whose features the classifier of `step` reads, in the order it takes them."""
-    spec = bundle.classifier
+    return snapshots_read(bundle.classifier, step)
+
+
+def snapshots_read(spec: dict, step: int) -> list[int]:
+    """`feature_steps` for a classifier config (the bundle's `classifier` metadata)."""
     if spec.get("kind") == "head":
         return [step]
     return list(range(1, step + 1)) if spec.get("space") == "base+own" else [1]

@@ -32,3 +32,16 @@ def test_bench_writes_report_and_plots(tmp_path):
 def test_bench_refuses_unknown_method_before_running(tmp_path):
     result = CliRunner().invoke(cli, ["bench", "--methods", "ft,nope", "--out", str(tmp_path)])
     assert result.exit_code != 0 and "unknown method 'nope'" in result.output
+
+
+def test_kept_models_count_every_snapshot_the_classifier_reads():
+    from m2kd.runtime.classifier import classifier_config
+    from m2kd.trainer.protocol import frozen_models
+
+    stats, pseudo, head = (classifier_config(k) for k in ("stats", "pseudo", "head"))
+    # fine-tuning classified with statistics keeps snapshots 1 and 2 beside model 3
+    assert frozen_models("none", stats, 3) == 2 and frozen_models("none", head, 3) == 0
+    # LwF-MC also keeps model 3 frozen as the next step's teacher
+    assert frozen_models("last", stats, 3) == 3 and frozen_models("last", head, 3) == 1
+    assert frozen_models("last", pseudo, 3) == 2  # base snapshot + teacher
+    assert frozen_models("none", pseudo, 1) == 0

@@ -19,7 +19,7 @@ from .methods import method_spec
 from .metrics import average_incremental_accuracy, forgetting
 from .orders import named_order
 from .presets import Preset
-from .protocol import Protocol, run_protocol
+from .protocol import Protocol, result_frozen_models, run_protocol
 
 
 def run_grid(preset: Preset, methods: list[str], seeds: list[int], out: Path,
@@ -71,8 +71,11 @@ def _bytes(result: dict) -> str:
     mem = result["memory"]
     if "bundle_bytes" in mem:
         return f"bundle {mem['bundle_bytes'] / 1e6:.2f} MB"
-    kept = mem.get("snapshot_bytes", 0) + mem.get("exemplar_bytes", 0)
-    return f"{kept / 1e6:.2f} MB kept" if kept else "-"
+    # recomputed, not read: results written before the classifier's snapshots were counted
+    models = result_frozen_models(result)
+    kept = models * mem["model_bytes"] + mem.get("exemplar_bytes", 0)
+    what = f"{models} model{'s' if models != 1 else ''}"
+    return f"{kept / 1e6:.2f} MB kept ({what})" if kept else "-"
 
 
 def _subset(preset: Preset) -> str:

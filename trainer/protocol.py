@@ -21,7 +21,7 @@ from m2kd.runtime.devices import resolve_device
 from m2kd.runtime.distributed import barrier, is_main
 from m2kd.runtime.engine import StepConfig, StepData, run_step
 from m2kd.runtime.errors import ConfigError
-from m2kd.runtime.classifier import scorer_of_step
+from m2kd.runtime.classifier import classifier_config, scorer_of_step, snapshots_read
 from m2kd.runtime.inference import run_in_batches
 from m2kd.runtime.reconstruct import model_of_step
 
@@ -154,15 +154,31 @@ def confusion_matrix(predicted: torch.Tensor, labels: torch.Tensor, n: int) -> l
     return matrix.tolist()
 
 
+def frozen_models(teachers: str, classifier: dict, steps: int) -> int:
+    """Earlier models a non-packing method keeps after `steps` steps beside the model it
+    serves: its teachers for the next step and every snapshot its classifier reads
+    (a packing method rebuilds all of them from its bundle instead)."""
+    kept = {"none": set(), "last": {steps}, "all": set(range(1, steps + 1))}[teachers]
+    return len(kept | (set(snapshots_read(classifier, steps)) - {steps}))
+
+
+def result_frozen_models(result: dict) -> int:
+    """`frozen_models` of a results.json (also those written before it was recorded)."""
+    name = "head" if result.get("classifier") == "head" else result["config"]["classifier"]
+    return frozen_models(method_spec(result["method"]).teachers, classifier_config(name),
+                         len(result["steps"]))
+
+
 def memory_report(bundle, bundle_path, method_name: str, packing: bool) -> dict:
-    """What a method must keep to learn the next step, beside the current model."""
+    """What a method must keep to learn the next step and to classify, beside the
+    current model."""
     per_model = snapshot_bytes(bundle) // bundle.num_steps
     if packing:
         kept = {"bundle_bytes": bundle_path.stat().st_size}
     else:
-        teachers = {"none": 0, "last": 1, "all": bundle.num_steps}[
-            method_spec(method_name).teachers]
-        kept = {"teacher_models_kept": teachers, "snapshot_bytes": teachers * per_model}
+        models = frozen_models(method_spec(method_name).teachers, bundle.classifier,
+                               bundle.num_steps)
+        kept = {"teacher_models_kept": models, "snapshot_bytes": models * per_model}
     stats = sum(s.nbytes() for rec in bundle.steps for s in rec.stats.values())
     return {"model_bytes": per_model, "every_snapshot_bytes": snapshot_bytes(bundle),
             "exemplar_bytes": 0, "statistics_bytes": stats,
