@@ -61,7 +61,7 @@ class StepConfig:
     prune_ratio: float | None = 0.75
     # Epochs after pruning: `finetune_epochs`, or else `finetune_share` of `epochs` (at
     # least 1). The paper fine-tunes for half the epochs (0.5, `RECIPES["paper"]`); a fifth
-    # measured the same accuracy at 18 / 22 of the cost (docs/methods.md, "The recipe").
+    # measured the same accuracy at 18 / 22 of the cost (docs/methods.md, M2KD deviations).
     finetune_epochs: int | None = None
     finetune_share: float = 0.2
     augment: str = "flip"  # "flip" or "none"; both are finite, so teachers are cached

@@ -45,3 +45,10 @@ def test_kept_models_count_every_snapshot_the_classifier_reads():
     assert frozen_models("last", stats, 3) == 3 and frozen_models("last", head, 3) == 1
     assert frozen_models("last", pseudo, 3) == 2  # base snapshot + teacher
     assert frozen_models("none", pseudo, 1) == 0
+
+
+def test_cached_only_without_runs_is_a_one_line_error(tmp_path):
+    result = CliRunner().invoke(cli, ["bench", "--methods", "ft", "--seeds", "0", "--out",
+                                      str(tmp_path), "--cached-only"])
+    assert result.exit_code != 0 and "no cached runs of ft" in result.output
+    assert "Traceback" not in result.output

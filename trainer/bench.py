@@ -73,7 +73,7 @@ def _bytes(result: dict) -> str:
         return f"bundle {mem['bundle_bytes'] / 1e6:.2f} MB"
     # recomputed, not read: results written before the classifier's snapshots were counted
     models = result_frozen_models(result)
-    kept = models * mem["model_bytes"] + mem.get("exemplar_bytes", 0)
+    kept = models * mem.get("model_bytes", 0) + mem.get("exemplar_bytes", 0)
     what = f"{models} model{'s' if models != 1 else ''}"
     return f"{kept / 1e6:.2f} MB kept ({what})" if kept else "-"
 

@@ -188,6 +188,9 @@ def bench(preset, methods, seeds, root, epochs, finetune_epochs, lr, device, out
     out.mkdir(parents=True, exist_ok=True)
     results = run_grid(p, names, seed_list, out, config, str(root) if root else None,
                        log=click.echo, cached_only=cached_only)
+    if not any(results.values()):  # only possible with --cached-only
+        raise ConfigError(f"no cached runs of {', '.join(names)} under {out / 'runs'}; "
+                          "run without --cached-only first")
     command = "m2kd " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     report = write_report(results, preset, p, command, out)
     click.echo(f"wrote {report}")

@@ -164,7 +164,8 @@ def frozen_models(teachers: str, classifier: dict, steps: int) -> int:
 
 def result_frozen_models(result: dict) -> int:
     """`frozen_models` of a results.json (also those written before it was recorded)."""
-    name = "head" if result.get("classifier") == "head" else result["config"]["classifier"]
+    name = "head" if result.get("classifier") == "head" \
+        else result["config"].get("classifier", "head")
     return frozen_models(method_spec(result["method"]).teachers, classifier_config(name),
                          len(result["steps"]))
 
