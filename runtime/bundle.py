@@ -24,7 +24,7 @@ from .class_stats import ClassStats, packed_size
 from .errors import BundleError, BundleFormatError, BundleIntegrityError, BundleVersionError
 from .mask_packing import MASK_CODINGS, decode_mask, encode_mask, mask_bits_for
 from .probe_inputs import PROBE_SEED, seeded_probe_input
-from .step_precision import STEP_DTYPE_NAME, narrowed, widened
+from .step_precision import STEP_DTYPE_NAME, holds_16_bit_values, narrowed, widened
 
 FORMAT_NAME = "m2kd-bundle"
 FORMAT_VERSION = "2"
@@ -483,7 +483,7 @@ def _rounding_slack(cov: torch.Tensor, dim: int, largest: torch.Tensor) -> torch
     + 2^-25 (subnormals), so |E|_2 <= D (2^-11 lambda_max + 2^-25). A class with fewer
     images than dimensions has a rank-deficient covariance whose zero eigenvalues land
     anywhere in that band."""
-    if torch.equal(narrowed(cov).float(), cov):
+    if holds_16_bit_values(cov):
         return dim * (2.0 ** -11 * largest + 2.0 ** -25)
     return 1e-4 * largest.clamp(min=1e-12)
 

@@ -50,6 +50,11 @@ def narrowed(t: torch.Tensor) -> torch.Tensor:
     return half if torch.equal(half.to(torch.float32), t) else t
 
 
+def holds_16_bit_values(t: torch.Tensor) -> bool:
+    """Whether every value of `t` is a float16 value (what `narrowed` stores at 16 bits)."""
+    return narrowed(t).dtype == STEP_DTYPE
+
+
 def widened(t: torch.Tensor) -> torch.Tensor:
     """A stored private tensor back in the in-memory dtype (float32)."""
     return t.to(torch.float32) if t.dtype == STEP_DTYPE else t

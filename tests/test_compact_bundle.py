@@ -204,6 +204,21 @@ def test_a_class_with_two_images_keeps_its_16_bit_covariance(three_step_bundle, 
         save_bundle(bundle, tmp_path / "bad.safetensors")
 
 
+def test_a_32_bit_covariance_gets_only_the_32_bit_slack(three_step_bundle, tmp_path):
+    """The 16-bit rounding bound is for 16-bit values: a float32 covariance (a v1 file, or
+    values float16 cannot hold) with an eigenvalue at -1e-3 of the largest is refused."""
+    bundle = copy.deepcopy(three_step_bundle[-1])
+    stats = bundle.steps[0].stats["base"]
+    cov = stats.covariances().double()
+    eig = torch.linalg.eigvalsh(cov)
+    shift = eig.amin(1) + 1e-3 * eig.amax(1)  # smallest eigenvalue -> -1e-3 x largest
+    packed = pack(cov - shift[:, None, None] * torch.eye(stats.dim, dtype=cov.dtype)).float()
+    assert narrowed(packed) is packed  # float16 cannot hold these values exactly
+    bundle.steps[0].stats["base"] = ClassStats(stats.count, stats.mean, packed)
+    with pytest.raises(BundleFormatError, match="positive semi-definite"):
+        save_bundle(bundle, tmp_path / "bad.safetensors")
+
+
 @pytest.mark.parametrize("bits", [4, 8])
 @pytest.mark.parametrize("coding", ["raw", "deflate", "sorted-deflate"])
 def test_every_mask_coding_round_trips_with_tied_magnitudes(bits, coding):
