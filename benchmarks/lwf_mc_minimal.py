@@ -9,7 +9,7 @@ the old classes, SGD momentum 0.9, lr 0.1 cosine per step, weight decay 5e-4,
 batch 64, 15 epochs, no augmentation. Where its numbers match the engine's, a gap to
 a figure measured elsewhere is the split and the orders, not the engine.
 
-Usage: python benchmarks/lwf_mc_minimal.py [--seeds 0,1,2] [--engine DIR]
+Usage: python benchmarks/lwf_mc_minimal.py [--seeds 0,1,2] [--engine DIR] [--order NAME]
 (DIR: a bench folder with runs/lwf_mc/seed<k>/results.json, e.g.
 benchmarks/results/mnist-b2; several folders may be given comma-separated)
 """
@@ -63,10 +63,12 @@ def train_step(model, teacher, images, labels, n_old, seed_generator, epochs=15,
         schedule.step()
 
 
-def run_seed(seed: int) -> tuple[list[int], list[float]]:
-    """The bench's MNIST B2 protocol for one seed: its split, order and 2 + 4 x 2 steps."""
+def run_seed(seed: int, order_name: str = "seed") -> tuple[list[int], list[float]]:
+    """The bench's MNIST B2 protocol for one seed: its split, order and 2 + 4 x 2 steps
+    (`order_name` "seed" is the bench's permutation per seed; any other name is fixed)."""
     data = load_dataset("mnist5k", None, seed=seed)
-    order = named_order(f"seed:{seed}", data.num_classes)
+    order = named_order(f"seed:{seed}" if order_name == "seed" else order_name,
+                        data.num_classes)
     index = {c: i for i, c in enumerate(order)}
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
@@ -98,13 +100,15 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--engine", default="", help="bench folders with lwf_mc runs")
+    p.add_argument("--order", default="seed",
+                   help="seed (the bench's permutation per seed), natural or numpy1993")
     args = p.parse_args()
     torch.set_num_threads(2)
     folders = [Path(f) for f in args.engine.split(",") if f]
     minimal, engine = [], []
     print("seed  order                 minimal loop, top-1 per step      final  engine final")
     for seed in (int(s) for s in args.seeds.split(",")):
-        order, curve = run_seed(seed)
+        order, curve = run_seed(seed, args.order)
         theirs = engine_final(folders, seed)
         minimal.append(curve[-1])
         engine += [theirs] if theirs is not None else []

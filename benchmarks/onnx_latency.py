@@ -4,7 +4,8 @@ measured side by side in one process, plus file sizes.
 Compared: `Runtime.scorer(K)` (what `Runtime.predict` and `m2kd serve` run: rebuilt
 once, BatchNorm folded, cached) with the head, with a one-pass statistics classifier
 (pseudo) and with the default (pseudo + own FeCAM: K forward passes), against a plain
-torch model of the same architecture (random weights, BatchNorm folded); the per-step
+torch model of the same architecture (random weights, BatchNorm folded, channels-last
+on the CPU like the runtime; also shown in NCHW); the per-step
 and all-steps ONNX graphs against that plain model exported the same way.
 Usage: python benchmarks/onnx_latency.py [--bundle B] [--arch resnet32] [--repeats 50]
 Without --bundle it builds a 3-step bundle of random data (cost, not accuracy).
@@ -28,7 +29,8 @@ from m2kd.runtime.api import Runtime
 from m2kd.runtime.backbones import create_backbone
 from m2kd.runtime.bundle import InputSpec, load_bundle, save_bundle
 from m2kd.runtime.engine import StepConfig, StepData, run_step
-from m2kd.runtime.classifier import classifier_config
+from m2kd.runtime.classifier import StepScorer, classifier_config
+from m2kd.runtime.devices import fast_memory_format
 from m2kd.runtime.m2kd import M2KD
 from m2kd.runtime.reconstruct import model_of_step
 
@@ -102,7 +104,13 @@ def main() -> None:
     options.intra_op_num_threads = 2
     sessions = {n: ort.InferenceSession(d, options, providers=["CPUExecutionProvider"])
                 for n, d in graphs.items()}
-    torch_models = {"plain torch": fold_batchnorm(model_of_step(bundle, k)).eval()}
+    # The plain model as the runtime serves one: BatchNorm folded, in the CPU's fastest
+    # memory format (channels-last); the NCHW row shows what that layout is worth.
+    plain = fold_batchnorm(model_of_step(bundle, k)).eval()
+    layout = fast_memory_format(torch.device("cpu"))
+    torch_models = {"plain torch": StepScorer([copy.deepcopy(plain)], None, layout)
+                    .to(memory_format=layout).eval(),
+                    "plain torch NCHW": plain}
     for kind in ("head", "pseudo", "stats"):
         variant = copy.copy(bundle)
         variant.classifier = classifier_config(kind)
@@ -120,10 +128,10 @@ def main() -> None:
                 timed(lambda sess=sess, f=f: sess.run(["logits"], f), args.repeats))
     print(f"{bundle.arch}, input {s.channels}x{s.height}x{s.width}, step {k} of {k}, CPU "
           f"({torch.get_num_threads()} threads), median of {args.repeats}")
-    print(f"{'':16}{'batch 1 ms':>11}{'batch 64 img/s':>16}{'vs plain (b1, b64)':>22}")
+    print(f"{'':17}{'batch 1 ms':>11}{'batch 64 img/s':>16}{'vs plain (b1, b64)':>22}")
     for name, (t1, t64) in rows.items():
         plain = rows["plain onnx" if "onnx" in name else "plain torch"]
-        print(f"{name:16}{1000 * t1:>11.3f}{64 / t64:>16.0f}"
+        print(f"{name:17}{1000 * t1:>11.3f}{64 / t64:>16.0f}"
               f"{t1 / plain[0]:>12.2f}x{t64 / plain[1]:>9.2f}x")
     print("torch rows against plain torch, onnx rows (classifier "
           f"{args.onnx_classifier}) against plain onnx; the default classifier (runtime "

@@ -23,7 +23,8 @@ def _pct(v) -> str:
               help="Write the new bundle here instead of replacing BUNDLE.")
 @click.option("--keep-previous", is_flag=True,
               help="Keep the old bundle as BUNDLE.prev before replacing it.")
-@click.option("--epochs", default=15, show_default=True, type=click.IntRange(min=1))
+@click.option("--epochs", default=15, show_default=True, type=click.IntRange(min=1),
+              help="Passes over the images; the last fifth fine-tune after pruning.")
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1))
 @click.option("--lr", default=0.1, show_default=True, type=click.FloatRange(min=0,
               min_open=True))

@@ -32,6 +32,7 @@ from torch import nn
 from .bundle import Bundle
 from .class_stats import TUKEY_BETA, ClassStats
 from .classifier_option import CLASSIFIERS
+from .devices import fast_memory_format
 from .errors import BundleFormatError, ConfigError
 from .fold_batchnorm import fold_batchnorm
 from .linear_from_stats import LinearOnStats, lda_head, pseudo_feature_head
@@ -167,14 +168,19 @@ def build_classifier(bundle: Bundle, step: int) -> BaseAndOwn | None:
 
 
 class StepScorer(nn.Module):
-    """Normalised images -> scores over the classes of one step."""
+    """Normalised images -> scores over the classes of one step. `layout`: the memory
+    format its convolutions take their input in (runtime/devices.py)."""
 
-    def __init__(self, models: list[nn.Module], classifier: nn.Module | None):
+    def __init__(self, models: list[nn.Module], classifier: nn.Module | None,
+                 layout: torch.memory_format = torch.contiguous_format):
         super().__init__()
         self.models = nn.ModuleList(models)
         self.classifier = classifier
+        self.layout = layout
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.layout != torch.contiguous_format:
+            x = x.contiguous(memory_format=self.layout)
         if self.classifier is None:
             return self.models[0](x).logits
         return self.classifier([m(x).features.float() for m in self.models])
@@ -183,11 +189,16 @@ class StepScorer(nn.Module):
 def scorer_of_step(bundle: Bundle, step: int | None = None, device: str | torch.device = "cpu",
                    snapshots: list[Bundle] | None = None, fold: bool = False) -> StepScorer:
     """`snapshots[j - 1]`: the bundle after step j, for methods that do not pack their
-    steps (then only the last step rebuilds from `bundle` itself). `fold`: BatchNorm
-    folded into the convolutions (runtime/fold_batchnorm.py), as inference serves it."""
+    steps (then only the last step rebuilds from `bundle` itself). `fold`: as inference
+    serves it, BatchNorm folded into the convolutions (runtime/fold_batchnorm.py) and
+    in the device's fastest memory format (channels-last on the CPU)."""
     step = check_step(bundle, step)
+    device = torch.device(device)
     models = [model_of_step(snapshots[j - 1] if snapshots and j != step else bundle, j)
               for j in feature_steps(bundle, step)]
+    layout = torch.contiguous_format
     if fold:
         models = [fold_batchnorm(m) for m in models]
-    return StepScorer(models, build_classifier(bundle, step)).to(device).eval()
+        layout = fast_memory_format(device)
+    scorer = StepScorer(models, build_classifier(bundle, step), layout)
+    return scorer.to(device).to(memory_format=layout).eval()

@@ -16,6 +16,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from .devices import fast_memory_format
+
 
 @dataclass
 class Batch:
@@ -70,11 +72,12 @@ class TeacherCache:
         n, n_old = images.shape[0], len(assignment)
         main = torch.zeros(n_views, n, n_old, device=device)
         aux = torch.zeros_like(main)
+        layout = fast_memory_format(device)
         for teacher_step, cols in _columns_by_teacher(assignment).items():
-            teacher = model_for(teacher_step)
+            teacher = model_for(teacher_step).to(memory_format=layout)
             for v in range(n_views):
                 for start in range(0, n, batch_size):
-                    x = images[start:start + batch_size].to(device)
+                    x = images[start:start + batch_size].to(device, memory_format=layout)
                     view = torch.full((x.shape[0],), v, device=device)
                     out = teacher(apply_view(x, view))
                     rows = slice(start, start + x.shape[0])

@@ -78,8 +78,23 @@ def test_fine_tuning_after_pruning_takes_a_share_of_the_epochs():
     assert recipe_config("paper", epochs=80).epochs_after_pruning == 40  # Sec. 4.2
     assert StepConfig(epochs=2).epochs_after_pruning == 1  # never zero unless asked
     assert StepConfig(finetune_epochs=0).epochs_after_pruning == 0
+    # The default takes them out of the step's epochs; the paper adds them after.
+    assert StepConfig().epochs_before_pruning == 12
+    assert recipe_config("paper", epochs=80).epochs_before_pruning == 80
+    assert StepConfig(epochs=1).epochs_before_pruning == 1  # one epoch each side at least
+    assert StepConfig(finetune_epochs=0).epochs_before_pruning == 15
     with pytest.raises(ConfigError, match="fine-tune share"):
         StepConfig(finetune_share=1.5).validate()
+
+
+def test_a_packing_step_reads_its_images_as_often_as_a_plain_one(digits):
+    (names, data), = steps_of(digits, 1)
+    config = fast_config(epochs=5)  # 4 epochs, prune, 1 epoch of fine-tuning
+    _, report = run_step(None, data, names, M2KD(), config, arch="resnet_small",
+                         input_spec=digits.input_spec)
+    assert len(report.epoch_losses) == 5
+    assert report.images_seen == 5 * len(data.labels)
+    assert report.kept_fraction is not None  # it did prune
 
 
 def test_existing_class_name_is_refused(three_step_bundle, digits):

@@ -128,6 +128,12 @@ def _summary(name: str) -> str:
     return method_spec(name).summary
 
 
+def _what_a_seed_sets(preset: Preset) -> str:
+    sets = ["the class order"] if "{seed}" in preset.order else []
+    sets += ["the split"] if preset.dataset in ("mnist5k", "digits") else []
+    return "the seed sets " + ", ".join(sets + ["the initialisation"])
+
+
 def write_report(results: dict[str, list[dict]], preset_name: str, preset: Preset,
                  command: str, out: Path) -> Path:
     from .plots import plot_confusions, plot_curves
@@ -138,8 +144,8 @@ def write_report(results: dict[str, list[dict]], preset_name: str, preset: Prese
              f"Dataset {preset.dataset}{_subset(preset)}, {preset.base_classes} base classes + "
              f"{preset.increment} per step, order `{preset.order}`, metric top-1 on all "
              "classes seen so far. Mean ± std over seeds "
-             f"({', '.join(str(len(r)) for r in results.values())} seeds per method; the "
-             "seed sets the class order and the initialisation).", "",
+             f"({', '.join(str(len(r)) for r in results.values())} seeds per method; "
+             f"{_what_a_seed_sets(preset)}).", "",
              *([f"Not run (no results yet): {', '.join(missing)}.", ""] if missing else []),
              "| method | final top-1 | avg. incremental | forgetting | final old | final new "
              "| s / step | statistics | memory beside the model | reads old data |",

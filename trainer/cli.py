@@ -40,7 +40,8 @@ _DEFAULTS = StepConfig()
               "64, 15 epochs); paper: M2KD Sec. 4.2 (mean BCE, lr 2.0, batch 128, step decay).")
 @click.option("--epochs", type=click.IntRange(min=1), help="Override the recipe's epochs.")
 @click.option("--finetune-epochs", type=click.IntRange(min=0),
-              help="Epochs after pruning (default: a fifth of --epochs; paper recipe: half).")
+              help="Epochs after pruning (default: the last fifth of --epochs; paper "
+              "recipe: another half after them).")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True),
               help="Override the recipe's learning rate.")
 @click.option("--batch-size", type=click.IntRange(min=1), help="Override the recipe's batch.")
@@ -154,7 +155,8 @@ def samples(dataset, out, per_class, classes, split, flat, seed):
               help="Local data folder for CIFAR presets.")
 @click.option("--epochs", type=click.IntRange(min=1), help="Override the preset's epochs.")
 @click.option("--finetune-epochs", type=click.IntRange(min=0),
-              help="Epochs after pruning, packing methods (default: the recipe's share).")
+              help="Epochs after pruning, packing methods (default: the last fifth of the "
+              "epochs).")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="Override the lr.")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True)
