@@ -6,17 +6,21 @@ from pathlib import Path
 
 import click
 
+from m2kd.runtime.classifier_option import classifier_override_option
+
 BUNDLE = click.argument("bundle", type=click.Path(dir_okay=False, path_type=Path))
 
 
-def _verified(path: Path):
-    """Exporting a bundle that does not verify would ship wrong weights: refuse."""
+def _verified(path: Path, classifier: str | None):
+    """Exporting a bundle that does not verify would ship wrong weights: refuse.
+    `classifier` overrides the bundle's own choice (runtime/classifier.py)."""
     from m2kd.runtime.api import verify_bundle
     from m2kd.runtime.bundle import load_bundle
+    from m2kd.runtime.classifier import with_classifier
 
     bundle = load_bundle(path)
     verify_bundle(bundle, str(path))
-    return bundle
+    return with_classifier(bundle, classifier)
 
 
 @click.group()
@@ -34,8 +38,9 @@ def export() -> None:
 @click.option("--fp16", is_flag=True, help="Half-precision weights (for GPU serving).")
 @click.option("--check/--no-check", default=True, show_default=True,
               help="Compare with the torch runtime before writing; a mismatch is an error.")
+@classifier_override_option
 def onnx(bundle: Path, step_text: str, out: Path, preprocess: bool, fp16: bool,
-         check: bool) -> None:
+         check: bool, classifier: str | None) -> None:
     """Write an ONNX graph of one step (BatchNorm folded) or of all steps."""
     from m2kd.runtime.atomic import atomic_write_bytes
     from m2kd.runtime.errors import ConfigError
@@ -43,7 +48,7 @@ def onnx(bundle: Path, step_text: str, out: Path, preprocess: bool, fp16: bool,
     from .onnx_export import all_steps_graph_bytes, step_graph_bytes
     from .parity import check_step_graph
 
-    loaded = _verified(bundle)
+    loaded = _verified(bundle, classifier)
     if step_text == "all":
         if fp16:
             raise ConfigError("--fp16 is available for per-step graphs only")
@@ -82,12 +87,14 @@ def _step_number(text: str) -> int:
 @click.option("--all-steps", is_flag=True, help="One version with the all-steps graph.")
 @click.option("--preprocess", is_flag=True, help="Graphs take uint8 NHWC images.")
 @click.option("--max-batch", default=64, show_default=True, type=click.IntRange(min=1))
+@classifier_override_option
 def triton(bundle: Path, out: Path, name: str, all_steps: bool, preprocess: bool,
-           max_batch: int) -> None:
+           max_batch: int, classifier: str | None) -> None:
     """Write a Triton model repository (config.pbtxt + one version per step)."""
     from .triton import write_repository
 
-    folder = write_repository(_verified(bundle), out, name, all_steps, preprocess, max_batch)
+    folder = write_repository(_verified(bundle, classifier), out, name, all_steps, preprocess,
+                              max_batch)
     versions = sorted(p.name for p in folder.iterdir() if p.is_dir())
     click.echo(f"wrote {folder} (versions {', '.join(versions)}); config read back and every "
                "version checked with onnxruntime")

@@ -14,7 +14,7 @@ from .engine import StepConfig, StepReport
 from .errors import BundleIntegrityError, DataError
 from .images import to_model_input
 from .inference import Prediction, predict_batch
-from .classifier import scorer_of_step
+from .classifier import scorer_of_step, with_classifier
 from .reconstruct import ProbeCheck, check_probes, check_step
 from .update import NewClasses, add_classes, read_new_classes, refuse_known_classes
 
@@ -39,6 +39,12 @@ class Runtime:
         if verify:
             verify_bundle(bundle, str(path))
         return cls(bundle, device)
+
+    def using_classifier(self, kind: str | None) -> Runtime:
+        """This bundle classifying with `kind` instead of its own choice (None: itself);
+        e.g. "pseudo" serves any step at one plain model's cost."""
+        return self if kind is None else Runtime(with_classifier(self.bundle, kind),
+                                                 str(self.device))
 
     @property
     def steps(self) -> int:

@@ -26,6 +26,8 @@ FeCAM are combined as log-probabilities.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 from torch import nn
 
@@ -58,6 +60,17 @@ def classifier_config(kind: str) -> dict:
     if kind not in _CONFIGS:
         raise ConfigError(f"unknown classifier {kind!r}; choose {', '.join(CLASSIFIERS)}")
     return dict(_CONFIGS[kind])
+
+
+def with_classifier(bundle: Bundle, kind: str | None) -> Bundle:
+    """`bundle` classifying with `kind` instead of its own choice (None: unchanged). The
+    statistics are stored whatever the choice, so it can be made again when a bundle is
+    served or exported, without training; a bundle without them can only use "head"."""
+    if kind is None:
+        return bundle
+    chosen = replace(bundle, classifier=classifier_config(kind))
+    build_classifier(chosen, chosen.num_steps)  # every statistic it reads is there
+    return chosen
 
 
 def describe_classifier(spec: dict) -> str:

@@ -1,6 +1,9 @@
-"""The `--classifier` option shared by `m2kd train` and `m2kd add-classes` (no torch import)."""
+"""The `--classifier` options (no torch import): the one a step stores (`m2kd train`,
+`m2kd add-classes`) and the override of commands that only read a bundle."""
 
 import click
+
+from .errors import ConfigError
 
 CLASSIFIERS = ("stats", "pseudo", "fecam", "fecam-base", "lda", "head")
 
@@ -11,3 +14,16 @@ classifier_option = click.option(
          "k); pseudo: the pseudo-feature head alone (one pass); fecam / fecam-base: FeCAM "
          "in the base + own / base space; lda: closed-form LDA (one pass); head: the "
          "sigmoid head (the papers').")
+
+classifier_override_option = click.option(
+    "--classifier", type=click.Choice(CLASSIFIERS), default=None,
+    help="Classify with this instead of the bundle's own choice (the class statistics it "
+         "needs are in every bundle since v2); pseudo or head cost one plain model's pass "
+         "at any step.  [default: the bundle's]")
+
+
+def check_override_backend(classifier: str | None, backend: str) -> None:
+    """An ONNX graph has its classifier built in: it is chosen when exporting."""
+    if classifier is not None and backend == "onnxruntime":
+        raise ConfigError("--classifier applies to bundles; an ONNX graph classifies as it "
+                          "was exported (m2kd export onnx --classifier ...)")

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import click
 
+from .classifier_option import check_override_backend, classifier_override_option
+
 BUNDLE = click.argument("bundle", type=click.Path(dir_okay=False, path_type=Path))
 
 
@@ -48,8 +50,9 @@ def verify(bundle: Path) -> None:
 @click.option("--backend", type=click.Choice(["auto", "torch", "onnxruntime"]), default="auto",
               show_default=True, help="auto: onnxruntime for .onnx files, torch for bundles.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per image.")
+@classifier_override_option
 def predict(model: Path, paths: tuple[Path, ...], top_k: int, step: int | None, device: str,
-            backend: str, as_json: bool) -> None:
+            backend: str, as_json: bool, classifier: str | None) -> None:
     """Top-k classes for image files and folders of images.
 
     MODEL is a bundle (.safetensors) or a graph written by `m2kd export onnx`.
@@ -73,6 +76,7 @@ def predict(model: Path, paths: tuple[Path, ...], top_k: int, step: int | None, 
     if (backend == "onnxruntime") != is_onnx:
         raise ConfigError(f"the {backend} backend needs "
                           f"{'an .onnx file (m2kd export onnx)' if not is_onnx else 'a bundle'}")
+    check_override_backend(classifier, backend)
     import torch
 
     if backend == "onnxruntime":
@@ -86,8 +90,8 @@ def predict(model: Path, paths: tuple[Path, ...], top_k: int, step: int | None, 
         from .api import Runtime
         from .images import normalise
 
-        runtime = Runtime.load(model, device=device)  # probes checked: never predict from
-        # a bundle that `verify` refuses
+        # Probes checked: never predict from a bundle that `verify` refuses.
+        runtime = Runtime.load(model, device=device).using_classifier(classifier)
         spec = runtime.bundle.input_spec
         pixels = torch.stack([load_image(f, spec) for f in files])
         predictions = runtime.predict(normalise(pixels, spec), top_k=top_k, step=step)

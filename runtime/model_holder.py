@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from .classifier_option import check_override_backend
 from .errors import M2KDError
 from .inference import Prediction
 
@@ -36,7 +37,11 @@ class ServedModel:
     device: str
 
 
-def load_served_model(path: Path, backend: str, device: str) -> ServedModel:
+def load_served_model(path: Path, backend: str, device: str, classifier: str | None = None
+                      ) -> ServedModel:
+    """`classifier`: the bundle's own choice overridden (runtime/classifier.py); the
+    checksum stays the file's."""
+    check_override_backend(classifier, backend)
     if backend == "onnxruntime":
         from .onnx_backend import OnnxModel
 
@@ -46,14 +51,15 @@ def load_served_model(path: Path, backend: str, device: str) -> ServedModel:
     from .api import Runtime
     from .images import normalise
 
-    runtime = Runtime.load(path, device=device, verify=True)
+    loaded = Runtime.load(path, device=device, verify=True)
+    runtime = loaded.using_classifier(classifier)
     spec = runtime.bundle.input_spec
 
     def predict(pixels: torch.Tensor, top_k: int, step: int | None) -> list[Prediction]:
         return runtime.predict(normalise(pixels, spec), top_k=top_k, step=step)
 
     return ServedModel(predict, spec, runtime.steps, runtime.classes,
-                       runtime.bundle.checksum(), "torch", str(runtime.device))
+                       loaded.bundle.checksum(), "torch", str(runtime.device))
 
 
 def _signature(path: Path) -> tuple | None:
@@ -65,10 +71,11 @@ def _signature(path: Path) -> tuple | None:
 
 
 class ModelHolder:
-    def __init__(self, path: Path, backend: str, device: str, metrics=None):
+    def __init__(self, path: Path, backend: str, device: str, metrics=None,
+                 classifier: str | None = None):
         self.path, self.backend, self.device = Path(path), backend, device
-        self.metrics = metrics
-        self.current = load_served_model(self.path, backend, device)  # fail fast at start
+        self.metrics, self.classifier = metrics, classifier
+        self.current = self._load()  # fail fast at start
         self._signature = _signature(self.path)
         self.last_reload_error: str | None = None
         self.last_reload_at: float | None = None
@@ -79,7 +86,7 @@ class ModelHolder:
         with self._lock:
             signature = _signature(self.path)
             try:
-                model = load_served_model(self.path, self.backend, self.device)
+                model = self._load()
             except (M2KDError, OSError) as e:
                 self.last_reload_error = str(e)
                 log.error("reload of %s failed, still serving %s: %s", self.path,
@@ -94,6 +101,9 @@ class ModelHolder:
             log.info("now serving %s (%d steps)", model.checksum[:19], model.steps)
             self._count("ok")
             return True
+
+    def _load(self) -> ServedModel:
+        return load_served_model(self.path, self.backend, self.device, self.classifier)
 
     def changed(self) -> bool:
         signature = _signature(self.path)

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from .classifier_option import classifier_override_option
+
 
 @click.command()
 @click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
@@ -27,8 +29,9 @@ import click
               "but the health checks (or M2KD_TOKEN).")
 @click.option("--watch/--no-watch", default=True, show_default=True,
               help="Reload when the model file is replaced.")
+@classifier_override_option
 def serve(model, host, port, backend, device, max_batch, max_wait_ms, max_images, max_body_mb,
-          max_pixels, token, watch):
+          max_pixels, token, watch, classifier):
     """Serve predictions over HTTP with micro-batching and hot reload."""
     import logging
 
@@ -42,7 +45,7 @@ def serve(model, host, port, backend, device, max_batch, max_wait_ms, max_images
         backend = "onnxruntime" if model.suffix.lower() == ".onnx" else "torch"
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     metrics = ServerMetrics()
-    holder = ModelHolder(model, backend, device, metrics)
+    holder = ModelHolder(model, backend, device, metrics, classifier)
     settings = ServeSettings(max_batch=max_batch, max_wait_ms=max_wait_ms, max_images=max_images,
                              max_body_mb=max_body_mb, max_pixels=max_pixels, token=token,
                              watch=watch)

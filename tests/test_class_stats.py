@@ -21,6 +21,7 @@ from m2kd.runtime.stats_classifier import VARIANCE_FLOOR, FeCAM, shrink
 
 from tests.conftest import assert_same_statistics, steps_of
 
+GOLDEN_V1 = Path(__file__).parent / "data" / "golden-v1.safetensors"
 GOLDEN_V2 = Path(__file__).parent / "data" / "golden-v2.safetensors"
 GOLDEN_V2_CHECKSUM = "sha256:91c87cee582457335149e9db683153e1d541be75027037dc06463814882c5f55"
 
@@ -162,6 +163,27 @@ def test_fecam_classifiers_read_the_spaces_they_name(three_step_bundle, digits):
     scorer = scorer_of_step(bundle, 3)
     assert len(scorer.models) == 3
     assert torch.allclose(scorer(x), base + _own(bundle, x, 3), atol=1e-4)
+
+
+@torch.no_grad()
+def test_a_bundle_can_be_served_with_another_statistics_classifier(three_step_bundle, digits):
+    bundle = three_step_bundle[-1]
+    runtime = Runtime(bundle, device="cpu")
+    assert runtime.using_classifier(None) is runtime
+    one_pass = runtime.using_classifier("pseudo")
+    assert bundle.classifier == classifier_config("stats")  # the loaded bundle is unchanged
+    assert len(runtime.scorer(3).models) == 3 and len(one_pass.scorer(3).models) == 1
+    x = digits.test_images[:16]
+    alone = copy.copy(bundle)
+    alone.classifier = classifier_config("pseudo")
+    assert torch.allclose(one_pass.scorer(3)(x), scorer_of_step(alone, 3)(x), atol=1e-4)
+
+
+def test_a_bundle_without_statistics_cannot_switch_to_them():
+    runtime = Runtime(load_bundle(GOLDEN_V1), device="cpu")
+    assert runtime.using_classifier("head").bundle.classifier == classifier_config("head")
+    with pytest.raises(BundleFormatError, match="no class statistics"):
+        runtime.using_classifier("pseudo")
 
 
 def test_golden_v2_bundle_loads_verifies_and_classifies():

@@ -12,6 +12,7 @@ from click.testing import CliRunner
 from m2kd.runtime.cli import COMMANDS, cli
 
 GOLDEN = Path(__file__).parent / "data" / "golden-v1.safetensors"
+GOLDEN_V2 = Path(__file__).parent / "data" / "golden-v2.safetensors"
 DIGIT = Path(__file__).parent / "data" / "digit.png"
 
 
@@ -37,6 +38,11 @@ def test_every_command_has_help(command):
     (["predict", str(GOLDEN), "nothing-here.png"], "no such file or folder"),
     (["predict", str(GOLDEN), "README.md"], "not a readable image"),
     (["predict", str(GOLDEN), str(DIGIT), "--step", "3"], "step 3 does not exist"),
+    (["predict", str(GOLDEN), str(DIGIT), "--classifier", "pseudo"], "no class statistics"),
+    (["predict", "model.onnx", str(DIGIT), "--classifier", "pseudo"],
+     "--classifier applies to bundles"),
+    (["export", "onnx", str(GOLDEN), "--out", "x.onnx", "--classifier", "lda"],
+     "no class statistics"),
     (["nonsense"], "No such command"),
 ])
 def test_bad_input_is_one_line_without_traceback(args, message):
@@ -90,3 +96,15 @@ def test_end_to_end_train_verify_predict_on_digits(tmp_path):
     rows = [json.loads(line) for line in result.output.splitlines()]
     assert len(rows) == 4 and all(len(r["top"]) == 2 for r in rows)
     shutil.rmtree(images)
+
+
+def test_serving_commands_can_choose_another_classifier(tmp_path):
+    pytest.importorskip("onnxruntime")
+    graph = tmp_path / "pseudo.onnx"
+    result = run("export", "onnx", GOLDEN_V2, "--out", graph, "--classifier", "pseudo")
+    assert result.exit_code == 0 and "parity ok" in result.output, result.output
+    answers = [run("predict", model, DIGIT, "--json", *extra).output
+               for model, extra in ((GOLDEN_V2, ("--classifier", "pseudo")), (graph, ()))]
+    tops = [json.loads(a)["top"] for a in answers]
+    assert [t["label"] for t in tops[0]] == [t["label"] for t in tops[1]]
+    assert tops[0][0]["score"] == pytest.approx(tops[1][0]["score"], abs=1e-4)

@@ -36,8 +36,8 @@ def png(value: int = 128, size=(8, 8)) -> bytes:
 
 
 class Server:
-    def __init__(self, path: Path, **settings):
-        self.holder = ModelHolder(path, "torch", "cpu", ServerMetrics())
+    def __init__(self, path: Path, classifier: str | None = None, **settings):
+        self.holder = ModelHolder(path, "torch", "cpu", ServerMetrics(), classifier)
         app = create_app(self.holder, ServeSettings(**settings))
         self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0,
                                                     log_level="error"))
@@ -231,3 +231,28 @@ def test_broken_replacement_keeps_the_old_model_serving(bundle_file):
         assert c.post("/v1/reload").status_code == 409
         bundle_file.write_bytes(GOLDEN.read_bytes())
         assert c.post("/v1/reload").json()["reloaded"] is True
+
+
+def test_a_served_bundle_can_classify_another_way(tmp_path):
+    import torch
+
+    from m2kd.runtime.api import Runtime
+    from m2kd.runtime.bundle import load_bundle
+    from m2kd.runtime.errors import ConfigError
+    from m2kd.runtime.images import normalise
+
+    path = tmp_path / "v2.safetensors"
+    path.write_bytes((GOLDEN.parent / "golden-v2.safetensors").read_bytes())
+    holder = ModelHolder(path, "torch", "cpu", classifier="pseudo")
+    assert holder.current.checksum == load_bundle(path).checksum()  # the file's
+    spec = holder.current.spec
+    pixels = torch.rand(6, spec.channels, spec.height, spec.width,
+                        generator=torch.Generator().manual_seed(0))
+    want = Runtime.load(path, "cpu").using_classifier("pseudo").predict(
+        normalise(pixels, spec), top_k=2)
+    for _ in range(2):  # as loaded, and after a reload
+        got = holder.current.predict(pixels, 2, None)
+        assert [p.labels for p in got] == [p.labels for p in want]
+        assert holder.reload()
+    with pytest.raises(ConfigError, match="applies to bundles"):
+        ModelHolder(path, "onnxruntime", "cpu", classifier="pseudo")
