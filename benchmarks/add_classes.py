@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
+from queue import Empty
 
 import torch
 
@@ -25,14 +26,14 @@ from m2kd.runtime.m2kd import M2KD
 SPEC = InputSpec(1, 28, 28, (0.0,), (1.0,))
 
 
-def build_bundle(n_steps: int):
+def build_bundle(n_steps: int, arch: str = "resnet_small", spec: InputSpec = SPEC):
     """A bundle of `n_steps` tiny steps (1 class each, random images): cost, not accuracy."""
     bundle, g = None, torch.Generator().manual_seed(0)
     for k in range(n_steps):
-        data = StepData(torch.randn(32, 1, 28, 28, generator=g), torch.full((32,), k))
+        images = torch.randn(32, spec.channels, spec.height, spec.width, generator=g)
+        data = StepData(images, torch.full((32,), k))
         cfg = StepConfig(epochs=1, lr=0.1, device="cpu", progress=False, augment="none")
-        bundle, _ = run_step(bundle, data, [f"c{k}"], M2KD(), cfg, arch="resnet_small",
-                             input_spec=SPEC)
+        bundle, _ = run_step(bundle, data, [f"c{k}"], M2KD(), cfg, arch=arch, input_spec=spec)
     return bundle
 
 
@@ -79,6 +80,24 @@ def measure(n_steps: int, teacher_mode: str, args, queue, method_name: str = "m2
                "peak_mib": max(r.peak_memory_bytes for r in reports) / 2**20})
 
 
+def in_own_process(ctx, target, *args, **kwargs):
+    """`target(*args, queue, **kwargs)` in a fresh process; what it put on the queue. A
+    process that dies without an answer ends the benchmark instead of hanging it."""
+    queue = ctx.Queue()
+    proc = ctx.Process(target=target, args=(*args, queue), kwargs=kwargs)
+    proc.start()
+    while True:
+        try:
+            answer = queue.get(timeout=1.0)
+            break
+        except Empty:
+            if not proc.is_alive():
+                raise SystemExit(f"{target.__name__}{args[:2]} died (exit code "
+                                 f"{proc.exitcode}); its error is above") from None
+    proc.join()
+    return answer
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--epochs", type=int, default=15)
@@ -94,11 +113,7 @@ def main() -> None:
     rows = []
     runs = [(n, mode, "m2kd") for n in (2, 5, 10) for mode in ("cache", "live")]
     for n, mode, method in runs + [(10, "cache", "lwf_mc")]:
-        q = ctx.Queue()
-        proc = ctx.Process(target=measure, args=(n, mode, args, q, method))
-        proc.start()
-        rows.append(q.get())
-        proc.join()
+        rows.append(in_own_process(ctx, measure, n, mode, args, method_name=method))
     print(f"400 new images, {args.epochs} epochs, batch {args.batch_size}, augment "
           f"{args.augment}, device {args.device}, fastest of {args.repeats}; M2KD fine-tunes "
           + ("after its epochs" if args.finetune_after else "within its epochs"))
@@ -117,11 +132,7 @@ def main() -> None:
     print("M2KD step / LwF-MC step at 10 steps (each with its own recipe: M2KD prunes and "
           f"fine-tunes) = {t[(10, 'cache', 'm2kd')] / t[(10, 'cache', 'lwf_mc')]:.2f}; "
           f"per training image = {ips[(10, 'lwf_mc')] / ips[(10, 'm2kd')]:.2f}")
-    q = ctx.Queue()
-    proc = ctx.Process(target=measure_pairs, args=(args, q))
-    proc.start()
-    paired = q.get()
-    proc.join()
+    paired = in_own_process(ctx, measure_pairs, args)
     print(f"taken in turn in one process, fastest of {args.repeats} "
           f"(M2KD 2 steps {paired['2 m2kd']:.2f} s, 10 steps {paired['10 m2kd']:.2f} s, "
           f"LwF-MC 10 steps {paired['10 lwf_mc']:.2f} s):")

@@ -42,7 +42,7 @@ def prune_free_weights(weight: torch.Tensor, mask: torch.Tensor, step: int,
     n_free = int(free.sum())
     n_keep = int(round((1.0 - ratio) * n_free))
     if n_keep > 0:
-        magnitudes = weight.abs().masked_fill(~free, -1.0).flatten()
+        magnitudes = weight.abs().masked_fill(~free.to(weight.device), -1.0).flatten()
         keep_idx = torch.topk(magnitudes, n_keep, sorted=False).indices
         mask.view(-1)[keep_idx.to(mask.device)] = step
     still_free = mask == 0

@@ -107,7 +107,8 @@ class LiveTeachers:
         main = torch.zeros(n, self.n_old, device=batch.images.device)
         aux = torch.zeros_like(main)
         for teacher_step, cols in self.groups.items():
-            out = self.models[teacher_step](batch.images)
-            main[:, cols] = self.scale * torch.sigmoid(out.logits[:, cols] / self.temperature)
-            aux[:, cols] = self.scale * torch.sigmoid(out.aux_logits[:, cols] / self.temperature)
+            out = self.models[teacher_step](batch.images)  # bf16 under the step's autocast
+            t = self.temperature
+            main[:, cols] = self.scale * torch.sigmoid(out.logits[:, cols].float() / t)
+            aux[:, cols] = self.scale * torch.sigmoid(out.aux_logits[:, cols].float() / t)
         return main, aux
