@@ -28,7 +28,8 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 def fast_memory_format(device: torch.device) -> torch.memory_format:
     """The layout convolutions run fastest in on `device`: channels-last on the CPU, where
-    oneDNN trains about 1.3x and infers about 2x faster in it than in NCHW
-    (`python benchmarks/memory_format.py`); CUDA keeps NCHW (not measured there).
-    Only the speed differs: the results agree to float rounding."""
+    oneDNN trains about 1.2x and infers about 1.7x faster in it than in NCHW; NCHW on CUDA,
+    where channels-last trained 0.91x as fast on an H100 (`benchmarks/memory_format.py`,
+    `benchmarks/results/cost/memory_format-*.txt`). Only the speed differs: the results
+    agree to float rounding."""
     return torch.channels_last if device.type == "cpu" else torch.contiguous_format

@@ -67,7 +67,8 @@ class StepConfig:
     finetune_share: float = 0.2
     # True: the fine-tune's epochs come out of `epochs` (12 + 3 of 15), so a packing step
     # reads its images as often as any other method's; False: they follow (15 + 3; the
-    # paper's 80 + 40, `RECIPES["paper"]`). Same accuracy measured (docs/methods.md).
+    # paper's 80 + 40, `RECIPES["paper"]`). Level on the on-device protocols, about a
+    # point lower on MNIST B2 (docs/methods.md, M2KD deviations).
     finetune_inside: bool = True
     augment: str = "flip"  # "flip" or "none"; both are finite, so teachers are cached
     teacher_mode: str = "cache"  # "cache" (once per step) or "live" (per batch)
