@@ -62,6 +62,11 @@ def classifier_config(kind: str) -> dict:
     return dict(_CONFIGS[kind])
 
 
+def classifier_name(spec: dict) -> str:
+    """The `--classifier` name of a bundle's classifier metadata ("custom" if none fits)."""
+    return next((name for name, config in _CONFIGS.items() if config == spec), "custom")
+
+
 def with_classifier(bundle: Bundle, kind: str | None) -> Bundle:
     """`bundle` classifying with `kind` instead of its own choice (None: unchanged). The
     statistics are stored whatever the choice, so it can be made again when a bundle is

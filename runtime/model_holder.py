@@ -35,6 +35,7 @@ class ServedModel:
     checksum: str
     backend: str
     device: str
+    classifier: str  # the `--classifier` name in use, or "graph" (built into an ONNX graph)
 
 
 def load_served_model(path: Path, backend: str, device: str, classifier: str | None = None
@@ -47,8 +48,9 @@ def load_served_model(path: Path, backend: str, device: str, classifier: str | N
 
         model = OnnxModel(path, device)
         return ServedModel(model.predict, model.spec, model.steps, model.classes(),
-                           model.checksum, "onnxruntime", model.device)
+                           model.checksum, "onnxruntime", model.device, "graph")
     from .api import Runtime
+    from .classifier import classifier_name
     from .images import normalise
 
     loaded = Runtime.load(path, device=device, verify=True)
@@ -59,7 +61,8 @@ def load_served_model(path: Path, backend: str, device: str, classifier: str | N
         return runtime.predict(normalise(pixels, spec), top_k=top_k, step=step)
 
     return ServedModel(predict, spec, runtime.steps, runtime.classes,
-                       loaded.bundle.checksum(), "torch", str(runtime.device))
+                       loaded.bundle.checksum(), "torch", str(runtime.device),
+                       classifier_name(runtime.bundle.classifier))
 
 
 def _signature(path: Path) -> tuple | None:

@@ -50,5 +50,6 @@ def serve(model, host, port, backend, device, max_batch, max_wait_ms, max_images
                              max_body_mb=max_body_mb, max_pixels=max_pixels, token=token,
                              watch=watch)
     click.echo(f"serving {model} ({holder.current.steps} steps, {backend} on "
-               f"{holder.current.device}) at http://{host}:{port}")
+               f"{holder.current.device}, classifier {holder.current.classifier}) at "
+               f"http://{host}:{port}")
     uvicorn.run(create_app(holder, settings, metrics), host=host, port=port, log_level="warning")

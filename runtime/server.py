@@ -243,7 +243,8 @@ def create_app(holder: ModelHolder, settings: ServeSettings,
         """What is being served, and the last reload failure if any."""
         m = holder.current
         return {"steps": m.steps, "classes": m.classes, "checksum": m.checksum,
-                "backend": m.backend, "device": m.device, "path": str(holder.path),
+                "backend": m.backend, "device": m.device, "classifier": m.classifier,
+                "path": str(holder.path),
                 "last_reload_error": holder.last_reload_error,
                 "last_reload_at": holder.last_reload_at}
 

@@ -76,6 +76,7 @@ def test_routes(bundle_file):
         assert c.get("/readyz").json()["status"] == "ready"
         info = c.get("/v1/model").json()
         assert info["steps"] == 2 and info["classes"] == ["0", "1", "2", "3"]
+        assert info["classifier"] == "head"  # a v1 bundle
         files = [("files", ("a.png", png(10))), ("files", ("b.png", png(200)))]
         r = c.post("/v1/predict", files=files, data={"top_k": "2"})
         assert r.status_code == 200, r.text
@@ -243,7 +244,9 @@ def test_a_served_bundle_can_classify_another_way(tmp_path):
 
     path = tmp_path / "v2.safetensors"
     path.write_bytes((GOLDEN.parent / "golden-v2.safetensors").read_bytes())
+    assert ModelHolder(path, "torch", "cpu").current.classifier == "fecam-base"  # its own
     holder = ModelHolder(path, "torch", "cpu", classifier="pseudo")
+    assert holder.current.classifier == "pseudo"
     assert holder.current.checksum == load_bundle(path).checksum()  # the file's
     spec = holder.current.spec
     pixels = torch.rand(6, spec.channels, spec.height, spec.width,
