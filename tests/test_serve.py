@@ -36,8 +36,8 @@ def png(value: int = 128, size=(8, 8)) -> bytes:
 
 
 class Server:
-    def __init__(self, path: Path, classifier: str | None = None, **settings):
-        self.holder = ModelHolder(path, "torch", "cpu", ServerMetrics(), classifier)
+    def __init__(self, path: Path, **settings):
+        self.holder = ModelHolder(path, "torch", "cpu", ServerMetrics())
         app = create_app(self.holder, ServeSettings(**settings))
         self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0,
                                                     log_level="error"))
