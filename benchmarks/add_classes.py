@@ -7,7 +7,7 @@ defaults are `m2kd add-classes`' own (15 epochs, batch 64, no augmentation); the
 numbers committed before used `--epochs 4 --batch-size 128 --augment flip`, where the
 teacher cache (one forward per teacher, image and view) weighs more.
 Usage: python benchmarks/add_classes.py [--epochs 15] [--batch-size 64] [--augment none]
-       [--repeats 2] [--finetune-after]
+       [--repeats 2] [--finetune-after] [--images 400]
 """
 
 from __future__ import annotations
@@ -38,13 +38,14 @@ def build_bundle(n_steps: int, arch: str = "resnet_small", spec: InputSpec = SPE
 
 
 def one_step(bundle, n_steps: int, method_name: str, teacher_mode: str, args):
-    """The report of adding one class of 400 images to `bundle` (of `n_steps` steps)."""
+    """The report of adding one class of `args.images` images to `bundle` (of `n_steps`
+    steps)."""
     from m2kd.trainer.methods import create_method
     from m2kd.trainer.protocol import config_for
 
     g = torch.Generator().manual_seed(1)
-    data = StepData(torch.randn(400, 1, 28, 28, generator=g),
-                    torch.full((400,), n_steps))
+    data = StepData(torch.randn(args.images, 1, 28, 28, generator=g),
+                    torch.full((args.images,), n_steps))
     cfg = config_for(method_name, StepConfig(epochs=args.epochs, lr=0.1,
                                              batch_size=args.batch_size, augment=args.augment,
                                              teacher_mode=teacher_mode, device=args.device,
@@ -101,6 +102,8 @@ def in_own_process(ctx, target, *args, **kwargs):
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--epochs", type=int, default=15)
+    p.add_argument("--images", type=int, default=400, help="images of the new class (more "
+                   "on a GPU, where a 400-image step is over before fixed costs average out)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--augment", default="none", choices=("none", "flip"))
     p.add_argument("--device", default="auto")
@@ -114,7 +117,7 @@ def main() -> None:
     runs = [(n, mode, "m2kd") for n in (2, 5, 10) for mode in ("cache", "live")]
     for n, mode, method in runs + [(10, "cache", "lwf_mc")]:
         rows.append(in_own_process(ctx, measure, n, mode, args, method_name=method))
-    print(f"400 new images, {args.epochs} epochs, batch {args.batch_size}, augment "
+    print(f"{args.images} new images, {args.epochs} epochs, batch {args.batch_size}, augment "
           f"{args.augment}, device {args.device}, fastest of {args.repeats}; M2KD fine-tunes "
           + ("after its epochs" if args.finetune_after else "within its epochs"))
     print(f"{'steps':>5} {'method':>7} {'teachers':>8} {'seconds':>8} {'img/s':>7} "
