@@ -74,8 +74,18 @@ def with_classifier(bundle: Bundle, kind: str | None) -> Bundle:
     if kind is None:
         return bundle
     chosen = replace(bundle, classifier=classifier_config(kind))
-    build_classifier(chosen, chosen.num_steps)  # every statistic it reads is there
+    _require_statistics(chosen)
     return chosen
+
+
+def _require_statistics(bundle: Bundle) -> None:
+    """Fail now, with `own_stats`' message, if a statistic the classifier reads is missing
+    (reading them is enough; the classifier itself is fitted once, when a step is served)."""
+    if bundle.classifier["kind"] == "head":
+        return
+    stats_up_to(bundle, bundle.num_steps, "base")
+    if bundle.classifier["space"] == "base+own":
+        stats_up_to(bundle, bundle.num_steps, "own")
 
 
 def describe_classifier(spec: dict) -> str:
