@@ -10,6 +10,7 @@ batch 64, 15 epochs, no augmentation. Where its numbers match the engine's, a ga
 a figure measured elsewhere is the split and the orders, not the engine.
 
 Usage: python benchmarks/lwf_mc_minimal.py [--seeds 0,1,2] [--engine DIR] [--order NAME]
+       [--later-lr LR]
 (DIR: a bench folder with runs/lwf_mc/seed<k>/results.json, e.g.
 benchmarks/results/mnist-b2; several folders may be given comma-separated)
 """
@@ -37,14 +38,15 @@ def top1(model, images, labels) -> float:
     return float((model(images).logits.argmax(1) == labels).float().mean())
 
 
-def train_step(model, teacher, images, labels, n_old, seed_generator, epochs=15, batch=64):
+def train_step(model, teacher, images, labels, n_old, seed_generator, epochs=15, batch=64,
+               lr=0.1):
     """One LwF-MC step: teacher scores on the old columns, one-hot on the new ones."""
     old_targets = None
     if teacher is not None:
         teacher.eval()
         with torch.no_grad():
             old_targets = torch.sigmoid(teacher(images).logits)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs)
     classes = model.head.out_features
     for _ in range(epochs):
@@ -63,7 +65,8 @@ def train_step(model, teacher, images, labels, n_old, seed_generator, epochs=15,
         schedule.step()
 
 
-def run_seed(seed: int, order_name: str = "seed") -> tuple[list[int], list[float]]:
+def run_seed(seed: int, order_name: str = "seed", later_lr: float = 0.1
+             ) -> tuple[list[int], list[float]]:
     """The bench's MNIST B2 protocol for one seed: its split, order and 2 + 4 x 2 steps
     (`order_name` "seed" is the bench's permutation per seed; any other name is fixed)."""
     data = load_dataset("mnist5k", None, seed=seed)
@@ -81,7 +84,7 @@ def run_seed(seed: int, order_name: str = "seed") -> tuple[list[int], list[float
         else:
             model.add_classes(len(classes))
         train_step(model, teacher, train.images, train.labels, len(seen) - len(classes),
-                   generator)
+                   generator, lr=0.1 if teacher is None else later_lr)
         test = step_data(data.test_images, data.test_labels, seen, index)
         curve.append(top1(model, test.images, test.labels))
         teacher = copy.deepcopy(model)
@@ -100,6 +103,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--engine", default="", help="bench folders with lwf_mc runs")
+    p.add_argument("--later-lr", type=float, default=0.1,
+                   help="lr of the steps after the base step (the reference: 0.1)")
     p.add_argument("--order", default="seed",
                    help="seed (the bench's permutation per seed), natural or numpy1993")
     args = p.parse_args()
@@ -108,7 +113,7 @@ def main() -> None:
     minimal, engine = [], []
     print("seed  order                 minimal loop, top-1 per step      final  engine final")
     for seed in (int(s) for s in args.seeds.split(",")):
-        order, curve = run_seed(seed, args.order)
+        order, curve = run_seed(seed, args.order, args.later_lr)
         theirs = engine_final(folders, seed)
         minimal.append(curve[-1])
         engine += [theirs] if theirs is not None else []
