@@ -124,10 +124,15 @@ def _grow_linear(old: nn.Linear, n_new: int) -> nn.Linear:
     return new
 
 
-def create_backbone(name: str, num_classes: int, in_channels: int = 3) -> ResNet:
-    """Build a backbone from the registry; the error lists the valid names."""
+def check_backbone(name: str) -> None:
+    """Refuse a name that is not in the registry; the error lists the valid names."""
     if name not in BACKBONES:
         raise ConfigError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
+
+
+def create_backbone(name: str, num_classes: int, in_channels: int = 3) -> ResNet:
+    """Build a backbone from the registry."""
+    check_backbone(name)
     if in_channels < 1 or num_classes < 0:
         raise ConfigError("in_channels must be >= 1 and num_classes >= 0")
     return ResNet(BACKBONES[name], num_classes, in_channels)

@@ -13,11 +13,12 @@ def test_bench_writes_report_and_plots(tmp_path):
     out = tmp_path / "bench"
     result = CliRunner().invoke(cli, ["bench", "--preset", "digits", "--methods", "ft,m2kd_stats",
                                       "--seeds", "0,1", "--epochs", "1", "--finetune-epochs", "0",
-                                      "--device", "cpu",
+                                      "--arch", "resnet_small", "--device", "cpu",
                                       "--out", str(out)])
     assert result.exit_code == 0, result.output
     report = (out / "report.md").read_text()
     assert "| ft |" in report and "| m2kd_stats |" in report and "±" in report
+    assert "backbone resnet_small" in report  # --arch, named in the report
     assert (out / "accuracy_per_step.png").stat().st_size > 1000
     assert (out / "confusion_matrices.png").stat().st_size > 1000
     runs = [json.loads((out / "runs" / "m2kd_stats" / f"seed{s}" / "results.json").read_text())
@@ -27,6 +28,13 @@ def test_bench_writes_report_and_plots(tmp_path):
     head_row = next(line for line in report.splitlines() if line.startswith("| m2kd (head) |"))
     heads = [100 * r["steps"][-1]["head_top1"] for r in runs]
     assert head_row.split("|")[2].strip().startswith(f"{sum(heads) / 2:.1f}")
+    # those runs are not another backbone's
+    again = CliRunner().invoke(cli, ["bench", "--preset", "digits", "--methods", "ft",
+                                     "--seeds", "0", "--arch", "resnet20", "--cached-only",
+                                     "--out", str(out)])
+    assert again.exit_code != 0 and "Traceback" not in again.output
+    assert "was run with backbone resnet_small, not resnet20" \
+        in again.output
 
 
 def test_bench_refuses_unknown_method_before_running(tmp_path):
@@ -45,6 +53,13 @@ def test_kept_models_count_every_snapshot_the_classifier_reads():
     assert frozen_models("last", stats, 3) == 3 and frozen_models("last", head, 3) == 1
     assert frozen_models("last", pseudo, 3) == 2  # base snapshot + teacher
     assert frozen_models("none", pseudo, 1) == 0
+
+
+def test_bench_refuses_an_unknown_backbone_before_running(tmp_path):
+    result = CliRunner().invoke(cli, ["bench", "--methods", "ft", "--arch", "resnet7",
+                                      "--out", str(tmp_path)])
+    assert result.exit_code != 0 and "unknown backbone 'resnet7'" in result.output
+    assert "Traceback" not in result.output and not (tmp_path / "runs").exists()
 
 
 def test_cached_only_without_runs_is_a_one_line_error(tmp_path):

@@ -13,6 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from m2kd.runtime.engine import StepConfig
+from m2kd.runtime.errors import ConfigError
 
 from .datasets import load_dataset
 from .methods import method_spec
@@ -41,6 +42,7 @@ def run_grid(preset: Preset, methods: list[str], seeds: list[int], out: Path,
             cached = run_dir / "results.json"
             if cached.is_file():
                 result = json.loads(cached.read_text())
+                _check_same_backbone(result, preset.arch or data.default_arch, cached)
             elif cached_only:
                 continue
             else:
@@ -56,6 +58,13 @@ def run_grid(preset: Preset, methods: list[str], seeds: list[int], out: Path,
                 f"{100 * result['steps'][-1]['top1']:.1f}, average incremental "
                 f"{100 * result['average_incremental_accuracy']:.1f}")
     return results
+
+
+def _check_same_backbone(result: dict, arch: str, path: Path) -> None:
+    """A cached run of another backbone must not join this grid's report."""
+    if result.get("arch", arch) != arch:
+        raise ConfigError(f"{path} was run with backbone {result['arch']}, not {arch}; "
+                          "use another --out")
 
 
 def _mean_std(values: list[float | None]) -> str:
@@ -81,6 +90,10 @@ def _bytes(result: dict) -> str:
 def _subset(preset: Preset) -> str:
     n = preset.train_per_class
     return f" ({n} training images per class)" if n else ""
+
+
+def _backbone(preset: Preset) -> str:
+    return f", backbone {preset.arch}" if preset.arch else ""
 
 
 def _seconds_per_step(runs: list[dict]) -> str:
@@ -141,7 +154,8 @@ def write_report(results: dict[str, list[dict]], preset_name: str, preset: Prese
     missing = [m for m, runs in results.items() if not runs]
     results = with_head_rows({m: runs for m, runs in results.items() if runs})
     lines = [f"# m2kd bench: {preset_name}", "", "Command:", "", f"    {command}", "",
-             f"Dataset {preset.dataset}{_subset(preset)}, {preset.base_classes} base classes + "
+             f"Dataset {preset.dataset}{_subset(preset)}{_backbone(preset)}, "
+             f"{preset.base_classes} base classes + "
              f"{preset.increment} per step, order `{preset.order}`, metric top-1 on all "
              "classes seen so far. Mean ± std over seeds "
              f"({', '.join(str(len(r)) for r in results.values())} seeds per method; "

@@ -158,11 +158,12 @@ def samples(dataset, out, per_class, classes, split, flat, seed):
               help="Epochs after pruning, packing methods (default: the last fifth of the "
               "epochs).")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="Override the lr.")
+@click.option("--arch", help="Override the preset's backbone (e.g. resnet32).")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True)
 @click.option("--cached-only", is_flag=True,
               help="Only report runs already in OUT; run nothing new.")
-def bench(preset, methods, seeds, root, epochs, finetune_epochs, lr, device, out,
+def bench(preset, methods, seeds, root, epochs, finetune_epochs, lr, arch, device, out,
           cached_only):
     """Run methods x seeds on a preset; write report.md (mean ± std) and plots."""
     import shlex
@@ -174,7 +175,11 @@ def bench(preset, methods, seeds, root, epochs, finetune_epochs, lr, device, out
     from .bench import run_grid, write_report
     from .presets import get_preset
 
-    p = get_preset(preset, epochs=epochs, lr=lr)
+    from m2kd.runtime.backbones import check_backbone
+
+    if arch is not None:
+        check_backbone(arch)
+    p = get_preset(preset, epochs=epochs, lr=lr, arch=arch)
     names = [m.strip() for m in methods.split(",") if m.strip()]
     try:
         seed_list = [int(s) for s in seeds.split(",")]
