@@ -33,8 +33,7 @@ def test_bench_writes_report_and_plots(tmp_path):
                                      "--seeds", "0", "--arch", "resnet20", "--cached-only",
                                      "--out", str(out)])
     assert again.exit_code != 0 and "Traceback" not in again.output
-    assert "was run with backbone resnet_small, not resnet20" \
-        in again.output
+    assert "was run with backbone resnet_small, not resnet20" in again.output
 
 
 def test_bench_refuses_unknown_method_before_running(tmp_path):
