@@ -247,8 +247,7 @@ def run_step(previous: Bundle | None, data: StepData, new_classes: list[str], me
     # From here on the step is what the bundle stores: its BatchNorm and heads at 16 bits
     # (runtime/step_precision.py), so probes, statistics and later teachers all see it.
     round_private_tensors(ctx.model)
-    train_new = new_class_accuracy(ctx)
-    stats = new_class_statistics(ctx)
+    train_new, stats = what_the_step_learned(ctx)
 
     bundle = _append_step(previous, ctx, masks, new_classes, method, config, arch,
                           input_spec, stats)
@@ -450,34 +449,34 @@ def _new_class_data(ctx: StepContext) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @torch.no_grad()
-def new_class_accuracy(ctx: StepContext) -> float:
-    """Top-1 (head, all seen classes) of the trained model on the step's new-class images."""
-    images, labels = _new_class_data(ctx)
-    ctx.model.eval()
-    predicted = run_in_batches(lambda x: ctx.model(x).logits.argmax(1), images, ctx.device)
-    ctx.model.train()
-    counts = torch.tensor([float((predicted == labels).sum()), float(len(labels))])
-    right, total = all_reduce_sum(counts).tolist()
-    return right / max(total, 1.0)
-
-
-@torch.no_grad()
-def new_class_statistics(ctx: StepContext) -> dict[str, ClassStats]:
-    """Statistics of the new classes, from their own images only, in the base snapshot's
-    space and in this step's own space (docs/design.md, "Class statistics")."""
+def what_the_step_learned(ctx: StepContext) -> tuple[float, dict[str, ClassStats]]:
+    """The trained model's head top-1 (all seen classes) on the step's new-class images,
+    and those classes' statistics in the base snapshot's space and this step's own space
+    (docs/design.md, "Class statistics"). The trained model's pooled features serve both:
+    its logits are its head over them, so the new images go through it once."""
     images, labels = _new_class_data(ctx)
     classes = list(range(ctx.n_old, ctx.n_seen))
-    spaces = {"base": ctx.model if ctx.step == 1 else ctx.teacher_model(1)}
-    if ctx.step > 1:
-        spaces["own"] = ctx.model
+    features = pooled_features(ctx.model, images, ctx.device)
+    spaces = {"base": features} if ctx.step == 1 else \
+        {"base": pooled_features(ctx.teacher_model(1), images, ctx.device), "own": features}
     stats = {}
-    for space, model in spaces.items():
-        moments = moments_of(pooled_features(model, images, ctx.device), labels, classes)
+    for space, space_features in spaces.items():
+        moments = moments_of(space_features, labels, classes)
         stats[space] = Moments(*(all_reduce_sum(t) for t in moments.tensors())).statistics()
         round_in_place(stats[space].mean)  # stored at 16 bits (runtime/step_precision.py)
         round_in_place(stats[space].cov)
+    accuracy = _head_accuracy(ctx.model, features, labels, ctx.device)
     ctx.model.train()
-    return stats
+    return accuracy, stats
+
+
+def _head_accuracy(model: ResNet, features: torch.Tensor, labels: torch.Tensor,
+                   device: torch.device) -> float:
+    """Top-1 of the head over pooled features, summed over the ranks of a distributed run."""
+    predicted = run_in_batches(lambda f: model.head(f).argmax(1), features, device)
+    counts = torch.tensor([float((predicted == labels).sum()), float(len(labels))])
+    right, total = all_reduce_sum(counts).tolist()
+    return right / max(total, 1.0)
 
 
 # ---------------------------------------------------------------- invariant 1
