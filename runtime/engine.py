@@ -362,8 +362,9 @@ def _train_phase(ctx: StepContext, method: Method, masks: dict[str, torch.Tensor
     history = []
     bar = tqdm(range(epochs), desc=f"step {ctx.step} {phase}", disable=not cfg.progress,
                leave=False)
-    # Distributed runs keep NCHW: DDP's gradient buckets are laid out like the weights.
-    layout = torch.contiguous_format if "forward" in ctx.state else fast_memory_format(ctx.device)
+    # Distributed runs (`forward` is then DDP's wrapper) keep NCHW: DDP's gradient buckets
+    # are laid out like the weights.
+    layout = fast_memory_format(ctx.device) if forward is model else torch.contiguous_format
     model.train().to(memory_format=layout)
     for _ in bar:
         sums: dict[str, float] = {}

@@ -102,3 +102,27 @@ def test_existing_class_name_is_refused(three_step_bundle, digits):
     existing = three_step_bundle[-1].classes[0]
     with pytest.raises(DataError, match=f"already in the bundle: {existing}"):
         run_step(three_step_bundle[-1], data, [existing, "new"], M2KD(), fast_config())
+
+
+class _LayoutRecorder(M2KD):
+    """M2KD that notes, at every loss, whether the model trains in channels-last."""
+
+    def __init__(self):
+        super().__init__()
+        self.channels_last: list[bool] = []
+
+    def loss(self, ctx, out, batch):
+        conv = next(m for m in ctx.model.modules() if isinstance(m, torch.nn.Conv2d)
+                    and m.in_channels > 1 and m.kernel_size == (3, 3))  # layouts differ
+        self.channels_last.append(conv.weight.is_contiguous(memory_format=torch.channels_last)
+                                  and not conv.weight.is_contiguous())
+        return super().loss(ctx, out, batch)
+
+
+def test_a_cpu_step_trains_in_channels_last_and_stores_nchw(three_step_bundle, digits):
+    (names, data), = steps_of(digits, 4)[3:4]
+    method = _LayoutRecorder()
+    bundle, _ = run_step(three_step_bundle[-1], data, names, method,
+                         fast_config(epochs=2, batch_size=32))
+    assert method.channels_last and all(method.channels_last)  # runtime/devices.py
+    assert all(w.is_contiguous() for w in bundle.weights.values())
