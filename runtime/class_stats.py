@@ -11,11 +11,13 @@ Covariances are stored as their packed upper triangle (D (D + 1) / 2 values).
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from .devices import fast_memory_format, inference_batch_size
 from .inference import run_in_batches
 
 TUKEY_BETA = 0.5
@@ -112,6 +114,11 @@ def statistics_of(features: torch.Tensor, labels: torch.Tensor, classes: list[in
 
 @torch.no_grad()
 def pooled_features(model: nn.Module, images: torch.Tensor, device) -> torch.Tensor:
-    """The pooled last-stage features of `model` (eval mode) for `images`, on the CPU."""
-    model.eval()
-    return run_in_batches(lambda x: model(x).features.float(), images, device)
+    """The pooled last-stage features of `model` (eval mode) for `images`, on the CPU, run
+    in the device's fastest layout (on a copy there, so `model` keeps its own)."""
+    device = torch.device(device)
+    layout = fast_memory_format(device)
+    model = model.eval() if layout == torch.contiguous_format else \
+        copy.deepcopy(model).eval().to(memory_format=layout)
+    return run_in_batches(lambda x: model(x.contiguous(memory_format=layout)).features.float(),
+                          images, device, inference_batch_size(device))

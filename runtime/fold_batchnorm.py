@@ -18,7 +18,8 @@ from .backbones import ResNet
 def _fold(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
     scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
     folded = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
-                       conv.padding, bias=True)
+                       conv.padding, bias=True, device=conv.weight.device,
+                       dtype=conv.weight.dtype)
     with torch.no_grad():
         folded.weight.copy_(conv.weight * scale.view(-1, 1, 1, 1))
         folded.bias.copy_(bn.bias - bn.running_mean * scale)

@@ -16,7 +16,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from .devices import fast_memory_format
+from .devices import fast_memory_format, inference_batch_size
+from .fold_batchnorm import fold_batchnorm
 
 
 @dataclass
@@ -65,16 +66,18 @@ class TeacherCache:
     @torch.no_grad()
     def build(cls, model_for: Callable[[int], nn.Module], assignment: list[int],
               images: torch.Tensor, n_views: int, device: torch.device,
-              batch_size: int = 256, temperature: float = 1.0, scale: float = 1.0
-              ) -> TeacherCache:
-        """`model_for(j)` gives the frozen model of step j on `device`; scores are
+              temperature: float = 1.0, scale: float = 1.0) -> TeacherCache:
+        """`model_for(j)` gives a fresh copy of the frozen model of step j on `device`
+        (the cache folds its BatchNorm into its convolutions: the same eval-mode
+        function up to float rounding, one op fewer per layer); scores are
         `scale * sigmoid(logit / temperature)` (1 and 1: the paper's)."""
         n, n_old = images.shape[0], len(assignment)
+        batch_size = inference_batch_size(device)
         main = torch.zeros(n_views, n, n_old, device=device)
         aux = torch.zeros_like(main)
         layout = fast_memory_format(device)
         for teacher_step, cols in _columns_by_teacher(assignment).items():
-            teacher = model_for(teacher_step).to(memory_format=layout)
+            teacher = fold_batchnorm(model_for(teacher_step)).to(memory_format=layout)
             for v in range(n_views):
                 for start in range(0, n, batch_size):
                     x = images[start:start + batch_size].to(device, memory_format=layout)

@@ -9,6 +9,7 @@ from m2kd.runtime import engine as engine_module
 from m2kd.runtime import teachers as teachers_module
 from m2kd.runtime.engine import StepConfig, StepData, recipe_config, run_step
 from m2kd.runtime.errors import ConfigError, DataError
+from m2kd.runtime.fold_batchnorm import fold_batchnorm
 from m2kd.runtime.m2kd import M2KD
 from m2kd.runtime.reconstruct import model_of_step
 from m2kd.runtime.teachers import Batch, LiveTeachers, TeacherCache, assign_teachers
@@ -46,6 +47,20 @@ def test_teacher_cache_equals_per_batch_teachers(three_step_bundle, digits):
     batch = Batch(images, data.labels[index], index, view)
     for cached, direct in zip(cache.targets(batch), live.targets(batch)):
         assert torch.allclose(cached, direct, atol=1e-6)
+
+
+def test_a_folded_teacher_keeps_its_dtype_and_computes_the_same_function(three_step_bundle,
+                                                                       digits):
+    """The teacher cache folds each teacher's BatchNorm: the folded convolutions must stay
+    on the teacher's device and in its dtype (float64 here, to see rounding only)."""
+    model = model_of_step(three_step_bundle[-1], 2).double().eval()
+    images = digits.train_images[:16].double()
+    expected = model(images)
+    folded = fold_batchnorm(model)
+    assert folded.stem[0].weight.dtype == torch.float64
+    got = folded(images)
+    assert torch.allclose(got.logits, expected.logits, atol=1e-10)
+    assert torch.allclose(got.aux_logits, expected.aux_logits, atol=1e-10)
 
 
 def test_teachers_are_rebuilt_once_per_step_not_per_batch(three_step_bundle, digits,
