@@ -37,3 +37,18 @@ def test_add_classes_keeps_old_rows():
 def test_unknown_backbone_lists_valid_names():
     with pytest.raises(ConfigError, match="resnet32"):
         create_backbone("vgg", 2)
+
+
+def test_channels_last_training_keeps_the_gradient_channels_last_through_stage_2():
+    """Stage 2 gets gradients from stage 3 and the auxiliary head; their sum must stay
+    channels-last, or stages 1-2 run their backward in the slow layout on the CPU."""
+    model = create_backbone("resnet_small", 4, 1).train().to(memory_format=torch.channels_last)
+    images = torch.randn(8, 1, 16, 16).contiguous(memory_format=torch.channels_last)
+    out = model(images)
+    seen = []
+    out.stages[1].register_hook(lambda g: seen.append(g))
+    (out.logits.sum() + out.aux_logits.sum()).backward()
+    # Hooks run in the order they were registered: the model's own (the layout fix) first.
+    assert seen[0].is_contiguous(memory_format=torch.channels_last)
+    conv = model.stages[1][0].conv1.weight.grad
+    assert conv is not None and torch.isfinite(conv).all()
