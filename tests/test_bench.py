@@ -34,6 +34,13 @@ def test_bench_writes_report_and_plots(tmp_path):
                                      "--out", str(out)])
     assert again.exit_code != 0 and "Traceback" not in again.output
     assert "was run with backbone resnet_small, not resnet20" in again.output
+    # nor runs of another recipe: they would enter the report under this command's name
+    other = CliRunner().invoke(cli, ["bench", "--preset", "digits", "--methods", "m2kd_stats",
+                                     "--seeds", "0", "--epochs", "2", "--finetune-epochs", "0",
+                                     "--arch", "resnet_small", "--cached-only",
+                                     "--out", str(out)])
+    assert other.exit_code != 0 and "Traceback" not in other.output
+    assert "was run with epochs=1, not 2" in other.output
 
 
 def test_bench_refuses_unknown_method_before_running(tmp_path):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import statistics
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from m2kd.runtime.engine import StepConfig
@@ -20,7 +20,7 @@ from .methods import method_spec
 from .metrics import average_incremental_accuracy, forgetting
 from .orders import named_order
 from .presets import Preset
-from .protocol import Protocol, result_frozen_models, run_protocol
+from .protocol import Protocol, config_for, result_frozen_models, run_protocol
 
 
 def run_grid(preset: Preset, methods: list[str], seeds: list[int], out: Path,
@@ -37,18 +37,18 @@ def run_grid(preset: Preset, methods: list[str], seeds: list[int], out: Path,
                             train_per_class=preset.train_per_class)
         order = named_order(preset.order.format(seed=seed), data.num_classes)
         protocol = Protocol(preset.base_classes, preset.increment, order)
+        cfg = replace(config, seed=seed, augment=data.default_augment
+                      if config.augment == "auto" else config.augment)
         for m in methods:
             run_dir = out / "runs" / m / f"seed{seed}"
             cached = run_dir / "results.json"
             if cached.is_file():
                 result = json.loads(cached.read_text())
                 _check_same_backbone(result, preset.arch or data.default_arch, cached)
+                _check_same_recipe(result, config_for(m, cfg), cached)
             elif cached_only:
                 continue
             else:
-                cfg = replace(config, seed=seed,
-                              augment=data.default_augment if config.augment == "auto"
-                              else config.augment)
                 result = run_protocol(data, protocol, m, cfg, run_dir, arch=preset.arch,
                                       log=lambda s: None,
                                       exemplars_per_class=preset.exemplars_per_class)
@@ -65,6 +65,25 @@ def _check_same_backbone(result: dict, arch: str, path: Path) -> None:
     if result.get("arch", arch) != arch:
         raise ConfigError(f"{path} was run with backbone {result['arch']}, not {arch}; "
                           "use another --out")
+
+
+# The fields of a run's config that change its numbers (device, amp, teacher_mode: not).
+RECIPE_FIELDS = ("epochs", "lr", "batch_size", "momentum", "weight_decay", "later_weight_decay",
+                 "schedule", "lr_milestones", "lr_gamma", "loss_reduction", "prune_ratio",
+                 "finetune_epochs", "finetune_share", "finetune_inside", "augment",
+                 "classifier", "seed")
+
+
+def _check_same_recipe(result: dict, config: StepConfig, path: Path) -> None:
+    """A cached run made with other epochs, lr, pruning... must not join this grid's report
+    as if it were this grid's. Fields a run written by an older version lacks are not
+    compared."""
+    stored, expected = result.get("config", {}), asdict(config)
+    for field in RECIPE_FIELDS:
+        want = list(expected[field]) if isinstance(expected[field], tuple) else expected[field]
+        if field in stored and stored[field] != want:
+            raise ConfigError(f"{path} was run with {field}={stored[field]!r}, not {want!r}; "
+                              "use another --out, or the same options")
 
 
 def _mean_std(values: list[float | None]) -> str:
