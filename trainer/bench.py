@@ -44,8 +44,8 @@ def run_grid(preset: Preset, methods: list[str], seeds: list[int], out: Path,
             cached = run_dir / "results.json"
             if cached.is_file():
                 result = json.loads(cached.read_text())
-                _check_same_backbone(result, preset.arch or data.default_arch, cached)
-                _check_same_recipe(result, config_for(m, cfg), cached)
+                _check_same_run(result, preset.arch or data.default_arch, config_for(m, cfg),
+                                cached)
             elif cached_only:
                 continue
             else:
@@ -60,13 +60,6 @@ def run_grid(preset: Preset, methods: list[str], seeds: list[int], out: Path,
     return results
 
 
-def _check_same_backbone(result: dict, arch: str, path: Path) -> None:
-    """A cached run of another backbone must not join this grid's report."""
-    if result.get("arch", arch) != arch:
-        raise ConfigError(f"{path} was run with backbone {result['arch']}, not {arch}; "
-                          "use another --out")
-
-
 # The fields of a run's config that change its numbers (device, amp, teacher_mode: not).
 RECIPE_FIELDS = ("epochs", "lr", "batch_size", "momentum", "weight_decay", "later_weight_decay",
                  "schedule", "lr_milestones", "lr_gamma", "loss_reduction", "prune_ratio",
@@ -74,10 +67,12 @@ RECIPE_FIELDS = ("epochs", "lr", "batch_size", "momentum", "weight_decay", "late
                  "classifier", "seed")
 
 
-def _check_same_recipe(result: dict, config: StepConfig, path: Path) -> None:
-    """A cached run made with other epochs, lr, pruning... must not join this grid's report
-    as if it were this grid's. Fields a run written by an older version lacks are not
-    compared."""
+def _check_same_run(result: dict, arch: str, config: StepConfig, path: Path) -> None:
+    """A cached run of another backbone or recipe must not join this grid's report as if
+    it were this grid's. What a run written by an older version lacks is not compared."""
+    if result.get("arch", arch) != arch:
+        raise ConfigError(f"{path} was run with backbone {result['arch']}, not {arch}; "
+                          "use another --out")
     stored, expected = result.get("config", {}), asdict(config)
     for field in RECIPE_FIELDS:
         want = list(expected[field]) if isinstance(expected[field], tuple) else expected[field]
