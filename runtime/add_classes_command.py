@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from .augment_option import augment_option
 from .classifier_option import classifier_option
 
 
@@ -31,8 +32,7 @@ def _pct(v) -> str:
 @classifier_option
 @click.option("--prune-ratio", default=0.75, show_default=True,
               type=click.FloatRange(0, 1, max_open=True))
-@click.option("--augment", type=click.Choice(["flip", "none"]), default="none",
-              show_default=True)
+@augment_option("none")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--skip-bad", is_flag=True, help="Skip unreadable images instead of refusing.")

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .augment_option import AUGMENTATIONS, SHIFT_PIXELS
 from .backbones import BackboneOutput, ResNet, batchnorm_state, create_backbone, \
     masked_parameter_names
 from .bundle import MAX_STEPS, Bundle, InputSpec, StepRecord, make_probe_input
@@ -39,7 +40,7 @@ from .losses import REDUCTIONS
 from .owner_masks import PruneStats, empty_masks, prune_free_weights
 from .reconstruct import model_of_step
 from .step_precision import round_in_place, round_private_tensors
-from .teachers import Batch, apply_view
+from .teachers import Batch, apply_view, shift_images
 
 
 @dataclass
@@ -70,7 +71,7 @@ class StepConfig:
     # paper's 80 + 40, `RECIPES["paper"]`). Level on the on-device protocols, about a
     # point lower on MNIST B2 (docs/methods.md, M2KD deviations).
     finetune_inside: bool = True
-    augment: str = "flip"  # "flip" or "none"; both are finite, so teachers are cached
+    augment: str = "flip"  # runtime/augment_option.py: "flip", "shift" or "none"
     teacher_mode: str = "cache"  # "cache" (once per step) or "live" (per batch)
     # How the bundle classifies (runtime/classifier.py): "stats" (from the class statistics
     # in the base and each class's own snapshot), the other statistics classifiers, or
@@ -91,8 +92,9 @@ class StepConfig:
             raise ConfigError("fine-tune epochs must be >= 0 and the fine-tune share in [0, 1]")
         if self.prune_ratio is not None and not 0.0 <= self.prune_ratio < 1.0:
             raise ConfigError(f"pruning ratio must be in [0, 1), got {self.prune_ratio}")
-        if self.augment not in ("flip", "none"):  # "auto" is resolved by the caller
-            raise ConfigError(f"augment must be 'flip' or 'none', got {self.augment!r}")
+        if self.augment not in AUGMENTATIONS:  # "auto" is resolved by the caller
+            raise ConfigError(f"augment must be one of {', '.join(AUGMENTATIONS)}, "
+                              f"got {self.augment!r}")
         if self.amp not in ("auto", "off"):
             raise ConfigError(f"amp must be 'auto' or 'off', got {self.amp!r}")
         if self.teacher_mode not in ("cache", "live"):
@@ -412,9 +414,14 @@ def _batches(ctx: StepContext, generator: torch.Generator):
         else:
             view = torch.zeros(len(index), dtype=torch.long)
         index, view = index.to(ctx.device), view.to(ctx.device)
-        images = data.images[index.to(data.images.device)].to(ctx.device)
-        yield Batch(apply_view(images, view), data.labels[index.to(data.labels.device)]
-                    .to(ctx.device), index, view)
+        images = apply_view(data.images[index.to(data.images.device)].to(ctx.device), view)
+        labels = data.labels[index.to(data.labels.device)].to(ctx.device)
+        if cfg.augment != "shift":
+            yield Batch(images, labels, index, view)
+            continue
+        offsets = torch.randint(-SHIFT_PIXELS, SHIFT_PIXELS + 1, (len(index), 2),
+                                generator=generator)
+        yield Batch(shift_images(images, offsets, SHIFT_PIXELS), labels, index, view, images)
 
 
 @torch.no_grad()

@@ -4,7 +4,12 @@ Teacher outputs depend only on the input. With a finite augmentation (none, or
 horizontal flip) every (image, view) pair is known before training, so the
 scores of all teachers are computed once per step (`TeacherCache`) instead of
 running k-1 teacher forwards per batch per epoch. `LiveTeachers` is the naive
-per-batch form, kept for augmentations that are not finite and for the benchmark.
+per-batch form, kept for the benchmark and the cache's test.
+
+The random shift (`augment="shift"`) is not finite: the student sees the shifted
+image, the teachers score the same image unshifted (in its view), in both forms.
+A shift of two pixels does not change what a digit is, and the teachers' cost stays
+one forward pass per image and step (docs/methods.md, "Augmentation").
 """
 
 from __future__ import annotations
@@ -26,11 +31,30 @@ class Batch:
     labels: torch.Tensor
     index: torch.Tensor  # position of each image in the step's data
     view: torch.Tensor  # 0 = as is, 1 = horizontally flipped
+    unshifted: torch.Tensor | None = None  # the images in their view before the shift
+
+    @property
+    def teacher_images(self) -> torch.Tensor:
+        """What the distilling teachers score: the image in its view, never shifted."""
+        return self.images if self.unshifted is None else self.unshifted
 
 
 def apply_view(images: torch.Tensor, view: torch.Tensor) -> torch.Tensor:
     flipped = torch.flip(images, dims=(3,))
     return torch.where(view.view(-1, 1, 1, 1).bool(), flipped, images)
+
+
+def shift_images(images: torch.Tensor, offsets: torch.Tensor, max_shift: int) -> torch.Tensor:
+    """Each image translated by its own (dy, dx) in [-max_shift, max_shift] pixels,
+    `offsets` (N, 2); the edge pixels are repeated into the space uncovered."""
+    n, _, h, w = images.shape
+    padded = torch.nn.functional.pad(images, (max_shift,) * 4, mode="replicate")
+    start = offsets.to(images.device) + max_shift
+    rows = start[:, 0, None] + torch.arange(h, device=images.device)  # (N, H)
+    cols = start[:, 1, None] + torch.arange(w, device=images.device)  # (N, W)
+    picked = padded[torch.arange(n, device=images.device)[:, None, None], :,
+                    rows[:, :, None], cols[:, None, :]]  # (N, H, W, C)
+    return picked.permute(0, 3, 1, 2)
 
 
 def assign_teachers(class_steps: list[int], current_step: int, policy: str = "all",
@@ -106,11 +130,11 @@ class LiveTeachers:
 
     @torch.no_grad()
     def targets(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        n = batch.images.shape[0]
-        main = torch.zeros(n, self.n_old, device=batch.images.device)
+        images = batch.teacher_images
+        main = torch.zeros(images.shape[0], self.n_old, device=images.device)
         aux = torch.zeros_like(main)
         for teacher_step, cols in self.groups.items():
-            out = self.models[teacher_step](batch.images)  # bf16 under the step's autocast
+            out = self.models[teacher_step](images)  # bf16 under the step's autocast
             t = self.temperature
             main[:, cols] = self.scale * torch.sigmoid(out.logits[:, cols].float() / t)
             aux[:, cols] = self.scale * torch.sigmoid(out.aux_logits[:, cols].float() / t)

@@ -32,21 +32,71 @@ def test_protocol_hands_each_step_only_its_new_classes(digits, tmp_path, step_la
     assert step_labels == [[0, 1], [2, 3], [4, 5]]
 
 
-def test_teacher_cache_equals_per_batch_teachers(three_step_bundle, digits):
-    bundle = three_step_bundle[-1]
+def _teachers_of_step_4(bundle, digits, n_views: int):
+    """The data of step 4, its teachers' cache over `n_views` views, and live teachers."""
     (_, data), = steps_of(digits, 4)[3:4]
     assignment = assign_teachers(bundle.step_of_class(), 4, "all")
     def model_for(j):
         return model_of_step(bundle, j)
 
-    cache = TeacherCache.build(model_for, assignment, data.images, 2, torch.device("cpu"))
-    live = LiveTeachers(model_for, assignment)
+    cache = TeacherCache.build(model_for, assignment, data.images, n_views, torch.device("cpu"))
+    return data, cache, LiveTeachers(model_for, assignment)
+
+
+def test_teacher_cache_equals_per_batch_teachers(three_step_bundle, digits):
+    data, cache, live = _teachers_of_step_4(three_step_bundle[-1], digits, 2)
     index = torch.arange(0, 40, 3)
     view = torch.tensor([0, 1] * 7)[:len(index)]
     images = teachers_module.apply_view(data.images[index], view)
     batch = Batch(images, data.labels[index], index, view)
     for cached, direct in zip(cache.targets(batch), live.targets(batch)):
         assert torch.allclose(cached, direct, atol=1e-6)
+
+
+def test_a_shift_moves_each_image_by_its_own_offset_and_repeats_the_edge():
+    images = torch.arange(2 * 4 * 5, dtype=torch.float32).reshape(2, 1, 4, 5)
+    out = teachers_module.shift_images(images, torch.tensor([[0, 0], [1, -2]]), 2)
+    assert torch.equal(out[0], images[0])
+    rows = (torch.arange(4) + 1).clamp(max=3)  # pixel (r, c) reads (r + 1, c - 2), clamped
+    cols = (torch.arange(5) - 2).clamp(min=0)
+    assert torch.equal(out[1, 0], images[1, 0][rows][:, cols])
+
+
+def test_teachers_score_the_unshifted_image_cached_or_live(three_step_bundle, digits):
+    """With `augment="shift"` the student sees the shifted image and every teacher the
+    image as it is; the cache (built before training) must give what live teachers give."""
+    data, cache, live_teachers = _teachers_of_step_4(three_step_bundle[-1], digits, 1)
+    index = torch.arange(0, 40, 3)
+    unshifted = data.images[index]
+    offsets = torch.tensor([[2, -1], [0, 1], [-2, 2]]).repeat(5, 1)[:len(index)]
+    shifted = teachers_module.shift_images(unshifted, offsets, 2)
+    batch = Batch(shifted, data.labels[index], index, torch.zeros_like(index), unshifted)
+    live = live_teachers.targets(batch)
+    for cached, direct in zip(cache.targets(batch), live):
+        assert torch.allclose(cached, direct, atol=1e-6)
+    on_shifted = live_teachers.targets(Batch(
+        shifted, batch.labels, index, batch.view))
+    assert not torch.allclose(on_shifted[0], live[0], atol=1e-3)  # the shift is seen
+
+
+def test_a_shifted_step_trains_on_shifted_images(digits, monkeypatch):
+    seen = []
+    real = engine_module._batches
+
+    def recording(ctx, generator):
+        for batch in real(ctx, generator):
+            seen.append(batch)
+            yield batch
+
+    monkeypatch.setattr(engine_module, "_batches", recording)
+    (names, data), = steps_of(digits, 1)
+    run_step(None, data, names, M2KD(), fast_config(epochs=1, augment="shift"),
+             arch="resnet_small", input_spec=digits.input_spec)
+    first = seen[0]
+    assert torch.equal(first.unshifted, data.images[first.index])
+    assert not torch.equal(first.images, first.unshifted)
+    with pytest.raises(ConfigError, match="augment must be one of flip, shift, none"):
+        StepConfig(augment="crop").validate()
 
 
 def test_a_folded_teacher_keeps_its_dtype_and_computes_the_same_function(three_step_bundle,

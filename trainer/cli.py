@@ -9,6 +9,7 @@ from pathlib import Path
 
 import click
 
+from m2kd.runtime.augment_option import AUGMENTATIONS, augment_option
 from m2kd.runtime.classifier_option import classifier_option
 
 from m2kd.runtime.engine import StepConfig
@@ -48,8 +49,8 @@ _DEFAULTS = StepConfig()
 @click.option("--prune-ratio", default=_DEFAULTS.prune_ratio, show_default=True,
               type=click.FloatRange(0, 1, max_open=True),
               help="Share of the free weights zeroed after each step.")
-@click.option("--augment", type=click.Choice(["auto", "flip", "none"]), default="auto",
-              show_default=True, help="auto: flip for natural images, none for digits.")
+@augment_option("auto", ("auto", *AUGMENTATIONS), help="auto: the dataset's (flip for "
+                "natural images, shift (up to 2 pixels) for MNIST, none for 8x8 digits).")
 @classifier_option
 @click.option("--exemplars-per-class", default=20, show_default=True,
               type=click.IntRange(min=1), help="Memory of exemplar methods (icarl, ...).")

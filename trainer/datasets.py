@@ -33,7 +33,7 @@ class Dataset:
     test_images: torch.Tensor
     test_labels: torch.Tensor
     default_arch: str
-    default_augment: str  # digits are not flip-invariant; natural images are
+    default_augment: str  # digits are not flip-invariant; natural images are (augment_option.py)
 
     @property
     def num_classes(self) -> int:
@@ -92,7 +92,7 @@ def load_mnist5k(seed: int = 0, train_per_class: int | None = None) -> Dataset:
     x, y = mnist_data()
     pixels = (x / 255.0).reshape(-1, 1, 28, 28)
     return _from_arrays("mnist5k", pixels, y, [str(i) for i in range(10)],
-                        "resnet_small", "none", seed=seed, train_per_class=train_per_class)
+                        "resnet_small", "shift", seed=seed, train_per_class=train_per_class)
 
 
 def load_fashion_mnist(root: str | Path | None = None, train_per_class: int | None = None

@@ -1,0 +1,21 @@
+"""The training augmentations (no torch import, so `--help` stays fast).
+
+- flip: a random horizontal flip (natural images);
+- shift: a random translation by up to SHIFT_PIXELS pixels each way, edges repeated
+  (28-32 pixel digits and clothes: a two-pixel shift changes no class);
+- none.
+
+Teachers score the unshifted image (runtime/teachers.py), so the distillation targets of
+every augmentation are cached once per step.
+"""
+
+import click
+
+AUGMENTATIONS = ("flip", "shift", "none")
+SHIFT_PIXELS = 2
+
+
+def augment_option(default: str, choices: tuple[str, ...] = AUGMENTATIONS, help: str = ""):
+    return click.option("--augment", type=click.Choice(choices), default=default,
+                        show_default=True, help=help or "flip: random horizontal flips; "
+                        f"shift: random translations by up to {SHIFT_PIXELS} pixels.")
