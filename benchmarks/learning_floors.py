@@ -1,7 +1,7 @@
 """The measurement behind tests/test_learning.py's floors: the same run over more seeds.
 
     python benchmarks/learning_floors.py --seeds 0,1,2,3,4 [--reduction mean]
-                                         [--finetune-share 0.5]
+                                         [--finetune-share 0.5] [--no-base-rotations]
 
 Prints per seed the final top-1, old- and new-class accuracy (statistics classifier),
 the lowest per-step training accuracy on the step's new classes, and the head's top-1
@@ -26,6 +26,8 @@ def main() -> None:
     p.add_argument("--seeds", default="0,1,2,3,4")
     p.add_argument("--reduction", default="batch", choices=["batch", "mean"])
     p.add_argument("--finetune-share", type=float, default=StepConfig.finetune_share)
+    p.add_argument("--no-base-rotations", action="store_true",
+                   help="no rotation classes in the base step (before session 9)")
     args = p.parse_args()
     torch.set_num_threads(2)
     for seed in [int(s) for s in args.seeds.split(",")]:
@@ -33,7 +35,8 @@ def main() -> None:
         order = [int(c) for c in torch.randperm(10, generator=torch.Generator().manual_seed(seed))]
         config = StepConfig(device="cpu", augment="none", seed=seed, progress=False,
                             loss_reduction=args.reduction,
-                            finetune_share=args.finetune_share)
+                            finetune_share=args.finetune_share,
+                            base_rotations=not args.no_base_rotations)
         with tempfile.TemporaryDirectory() as out:
             r = run_protocol(data, Protocol(6, 2, order), "m2kd", config, out, log=lambda s: None)
         steps = r["steps"]

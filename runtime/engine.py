@@ -26,6 +26,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .augment_option import AUGMENTATIONS, SHIFT_PIXELS
+from .base_rotations import keep_first_classes, rotation_names, with_rotations
 from .backbones import BackboneOutput, ResNet, batchnorm_state, create_backbone, \
     masked_parameter_names
 from .bundle import MAX_STEPS, Bundle, InputSpec, StepRecord, make_probe_input
@@ -72,6 +73,9 @@ class StepConfig:
     # point lower on MNIST B2 (docs/methods.md, M2KD deviations).
     finetune_inside: bool = True
     augment: str = "flip"  # runtime/augment_option.py: "flip", "shift" or "none"
+    # The base step also learns every class turned by 90, 180 and 270 degrees as three
+    # extra classes, dropped when the step ends (runtime/base_rotations.py; PASS).
+    base_rotations: bool = True
     teacher_mode: str = "cache"  # "cache" (once per step) or "live" (per batch)
     # How the bundle classifies (runtime/classifier.py): "stats" (from the class statistics
     # in the base and each class's own snapshot), the other statistics classifiers, or
@@ -172,6 +176,8 @@ class Method(Protocol):
     name: str
     reads_old_data: bool  # False: exemplar-free, the engine refuses old-class images
     params: dict  # hyper-parameters, recorded in the bundle
+    # Optional `head_only = False`: the method classifies with more than the head, so its
+    # base step gets no rotation classes (runtime/base_rotations.py).
 
     def before_step(self, ctx: StepContext) -> None: ...
 
@@ -218,6 +224,10 @@ def run_step(previous: Bundle | None, data: StepData, new_classes: list[str], me
     # 5x slower (digits, 720 images x 12 epochs: 89 s vs 18 s, same losses). Flushing them
     # to zero changes nothing above 1e-38; the probes' tolerance is 1e-5.
     torch.set_flush_denormal(True)
+    n_new, rotate = len(new_classes), _rotates(previous, config, method)
+    if rotate:
+        data = StepData(*with_rotations(data.images, data.labels, n_new))
+        new_classes = new_classes + rotation_names(new_classes)
     ctx = _context_of_this_rank(previous, data, new_classes, config, device, arch, input_spec,
                                 snapshots)
     _check_data(ctx, method)
@@ -246,6 +256,9 @@ def run_step(previous: Bundle | None, data: StepData, new_classes: list[str], me
         masks = {name: torch.ones_like(m) for name, m in masks.items()}
     method.after_step(ctx)
     _check_after_step(ctx, masks, packing, owned_before)
+    if rotate:
+        _drop_rotation_classes(ctx, n_new)
+        new_classes = new_classes[:n_new]
     # From here on the step is what the bundle stores: its BatchNorm and heads at 16 bits
     # (runtime/step_precision.py), so probes, statistics and later teachers all see it.
     round_private_tensors(ctx.model)
@@ -257,6 +270,27 @@ def run_step(previous: Bundle | None, data: StepData, new_classes: list[str], me
     report = StepReport(ctx.step, time.perf_counter() - started, images_seen, losses, kept,
                         _peak_memory(device), train_new)
     return bundle, report
+
+
+def _rotates(previous: Bundle | None, config: StepConfig, method: Method) -> bool:
+    """Rotation classes in this step? The base step only, and not for a method with a
+    classifier of its own beside the head (PODNet's proxies)."""
+    return previous is None and config.base_rotations and getattr(method, "head_only", True)
+
+
+def _drop_rotation_classes(ctx: StepContext, n: int) -> None:
+    """The step as if it had learned its `n` real classes only: the heads' first rows,
+    and the unrotated images (labels below n) for its statistics and report."""
+    keep_first_classes(ctx.model, n)
+    ctx.n_seen, ctx.class_steps = n, ctx.class_steps[:n]
+    ctx.data = _first_classes(ctx.data, n)
+    if "exact_shard" in ctx.state:
+        ctx.state["exact_shard"] = _first_classes(ctx.state["exact_shard"], n)
+
+
+def _first_classes(data: StepData, n: int) -> StepData:
+    keep = data.labels < n
+    return StepData(data.images[keep], data.labels[keep])
 
 
 def _check_after_step(ctx: StepContext, masks: dict[str, torch.Tensor], packing: bool,

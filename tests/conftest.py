@@ -41,7 +41,9 @@ def digits():
 
 
 def fast_config(**overrides) -> StepConfig:
-    base = dict(epochs=2, lr=0.5, batch_size=64, augment="flip", device="cpu", progress=False)
+    """Few epochs, no rotation classes in the base step (tests/test_base_rotations.py)."""
+    base = dict(epochs=2, lr=0.5, batch_size=64, augment="flip", base_rotations=False,
+                device="cpu", progress=False)
     base.update(overrides)
     return StepConfig(**base)
 
@@ -93,3 +95,20 @@ def assert_same_statistics(stored, again):
     assert torch.equal(stored.count, again.count)
     assert torch.allclose(stored.mean, again.mean, rtol=half_ulp, atol=1e-5)
     assert torch.allclose(stored.cov, again.cov, rtol=half_ulp, atol=1e-5)
+
+
+@pytest.fixture
+def trained_batches(monkeypatch):
+    """Every batch the engine trains on from now on, in order."""
+    from m2kd.runtime import engine
+
+    batches = []
+    real = engine._batches
+
+    def recording(ctx, generator):
+        for batch in real(ctx, generator):
+            batches.append(batch)
+            yield batch
+
+    monkeypatch.setattr(engine, "_batches", recording)
+    return batches

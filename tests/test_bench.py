@@ -41,6 +41,16 @@ def test_bench_writes_report_and_plots(tmp_path):
                                      "--out", str(out)])
     assert other.exit_code != 0 and "Traceback" not in other.output
     assert "was run with epochs=1, not 2" in other.output
+    # a run written before rotation classes existed had none
+    path = out / "runs" / "m2kd_stats" / "seed0" / "results.json"
+    old = json.loads(path.read_text())
+    del old["config"]["base_rotations"]
+    path.write_text(json.dumps(old))
+    legacy = CliRunner().invoke(cli, ["bench", "--preset", "digits", "--methods", "m2kd_stats",
+                                      "--seeds", "0", "--epochs", "1", "--finetune-epochs", "0",
+                                      "--arch", "resnet_small", "--cached-only",
+                                      "--out", str(out)])
+    assert "was run with base_rotations=False, not True" in legacy.output
 
 
 def test_bench_refuses_unknown_method_before_running(tmp_path):

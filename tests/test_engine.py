@@ -79,20 +79,11 @@ def test_teachers_score_the_unshifted_image_cached_or_live(three_step_bundle, di
     assert not torch.allclose(on_shifted[0], live[0], atol=1e-3)  # the shift is seen
 
 
-def test_a_shifted_step_trains_on_shifted_images(digits, monkeypatch):
-    seen = []
-    real = engine_module._batches
-
-    def recording(ctx, generator):
-        for batch in real(ctx, generator):
-            seen.append(batch)
-            yield batch
-
-    monkeypatch.setattr(engine_module, "_batches", recording)
+def test_a_shifted_step_trains_on_shifted_images(digits, trained_batches):
     (names, data), = steps_of(digits, 1)
     run_step(None, data, names, M2KD(), fast_config(epochs=1, augment="shift"),
              arch="resnet_small", input_spec=digits.input_spec)
-    first = seen[0]
+    first = trained_batches[0]
     assert torch.equal(first.unshifted, data.images[first.index])
     assert not torch.equal(first.images, first.unshifted)
     with pytest.raises(ConfigError, match="augment must be one of flip, shift, none"):

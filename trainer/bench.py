@@ -64,7 +64,9 @@ def run_grid(preset: Preset, methods: list[str], seeds: list[int], out: Path,
 RECIPE_FIELDS = ("epochs", "lr", "batch_size", "momentum", "weight_decay", "later_weight_decay",
                  "schedule", "lr_milestones", "lr_gamma", "loss_reduction", "prune_ratio",
                  "finetune_epochs", "finetune_share", "finetune_inside", "augment",
-                 "classifier", "seed")
+                 "base_rotations", "classifier", "seed")
+# How runs written before a field existed were run (other absent fields are not compared).
+RUN_BEFORE_THE_FIELD = {"base_rotations": False}
 
 
 def _check_same_run(result: dict, arch: str, config: StepConfig, path: Path) -> None:
@@ -76,8 +78,9 @@ def _check_same_run(result: dict, arch: str, config: StepConfig, path: Path) -> 
     stored, expected = result.get("config", {}), asdict(config)
     for field in RECIPE_FIELDS:
         want = list(expected[field]) if isinstance(expected[field], tuple) else expected[field]
-        if field in stored and stored[field] != want:
-            raise ConfigError(f"{path} was run with {field}={stored[field]!r}, not {want!r}; "
+        have = stored.get(field, RUN_BEFORE_THE_FIELD.get(field, want))
+        if have != want:
+            raise ConfigError(f"{path} was run with {field}={have!r}, not {want!r}; "
                               "use another --out, or the same options")
 
 

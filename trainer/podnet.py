@@ -115,6 +115,7 @@ class PODNet:
     """Works exemplar-free, or with exemplars when the protocol adds stored images."""
 
     name = "podnet"
+    head_only = False  # its proxies classify: no rotation classes in the base step
 
     def __init__(self, config: PODNetConfig | None = None, reads_old_data: bool = False,
                  name: str = "podnet"):
