@@ -2,7 +2,7 @@
 
 - flip: a random horizontal flip (natural images);
 - shift: a random translation by up to SHIFT_PIXELS pixels each way, edges repeated
-  (28-32 pixel digits and clothes: a two-pixel shift changes no class);
+  (28-32 pixel images such as MNIST's digits: two pixels change no class);
 - none.
 
 Teachers score the unshifted image (runtime/teachers.py), so the distillation targets of

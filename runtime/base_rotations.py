@@ -8,7 +8,7 @@ base training, EFC) depend on exactly that. Here it is used in the base step onl
 (the model shipped; no teacher needs it): the 3 x C rotation classes are dropped when
 the step ends, so the bundle, its heads, probes and class statistics hold the C real
 classes, computed from the unrotated images. Later steps (on the device) are unchanged.
-Measured in docs/methods.md ("Rotations in the base step").
+Measured in docs/methods.md ("What the base model learns").
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ def with_rotations(images: torch.Tensor, labels: torch.Tensor, n_classes: int
                           f"{images.shape[-2]}x{images.shape[-1]}; turn them off "
                           "(--no-base-rotations)")
     turned = [torch.rot90(images, r, dims=(2, 3)) for r in QUARTER_TURNS]
-    shifted = [labels + (i + 1) * n_classes for i in range(len(QUARTER_TURNS))]
-    return torch.cat([images, *turned]), torch.cat([labels, *shifted])
+    relabelled = [labels + (i + 1) * n_classes for i in range(len(QUARTER_TURNS))]
+    return torch.cat([images, *turned]), torch.cat([labels, *relabelled])
 
 
 def rotation_names(classes: list[str]) -> list[str]:

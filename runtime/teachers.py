@@ -9,7 +9,7 @@ per-batch form, kept for the benchmark and the cache's test.
 The random shift (`augment="shift"`) is not finite: the student sees the shifted
 image, the teachers score the same image unshifted (in its view), in both forms.
 A shift of two pixels does not change what a digit is, and the teachers' cost stays
-one forward pass per image and step (docs/methods.md, "Augmentation").
+one forward pass per image and step (docs/methods.md, "What the base model learns").
 """
 
 from __future__ import annotations
@@ -45,8 +45,9 @@ def apply_view(images: torch.Tensor, view: torch.Tensor) -> torch.Tensor:
 
 
 def shift_images(images: torch.Tensor, offsets: torch.Tensor, max_shift: int) -> torch.Tensor:
-    """Each image translated by its own (dy, dx) in [-max_shift, max_shift] pixels,
-    `offsets` (N, 2); the edge pixels are repeated into the space uncovered."""
+    """Each image moved by its own offset: pixel (r, c) takes the value at (r + dy,
+    c + dx), `offsets` (N, 2) in [-max_shift, max_shift]; edge pixels fill what is
+    uncovered."""
     n, _, h, w = images.shape
     padded = torch.nn.functional.pad(images, (max_shift,) * 4, mode="replicate")
     start = offsets.to(images.device) + max_shift

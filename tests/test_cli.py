@@ -87,7 +87,14 @@ def test_end_to_end_train_verify_predict_on_digits(tmp_path):
     assert [len(s["classes"]) for s in results["steps"]] == [5, 5]
     assert results["steps"][0]["top1"] > 0.8  # 5 real digit classes, far above chance (0.2)
     assert results["steps"][1]["top1"] > 0.3  # 10 classes after one step, chance is 0.1
+    assert results["config"]["base_rotations"] and results["config"]["augment"] == "none"
     assert run("verify", out / "bundle.safetensors").exit_code == 0
+    plain = tmp_path / "plain"
+    assert run("train", "--dataset", "digits", "--steps", "1", "--epochs", "1",
+               "--no-base-rotations", "--augment", "shift", "--out", plain, "--no-progress",
+               "--device", "cpu").exit_code == 0
+    config = json.loads((plain / "results.json").read_text())["config"]
+    assert not config["base_rotations"] and config["augment"] == "shift"
 
     images = tmp_path / "imgs"
     assert run("samples", "--dataset", "digits", "--out", images, "--per-class", "2",

@@ -15,6 +15,10 @@ from m2kd.runtime.classifier_option import classifier_option
 from m2kd.runtime.engine import StepConfig
 
 _DEFAULTS = StepConfig()
+base_rotations_option = click.option(
+    "--base-rotations/--no-base-rotations", default=_DEFAULTS.base_rotations,
+    show_default=True, help="The base step also learns each class turned by 90, 180 and "
+    "270 degrees as three extra classes, dropped after the step (PASS).")
 
 
 @click.command()
@@ -51,9 +55,7 @@ _DEFAULTS = StepConfig()
               help="Share of the free weights zeroed after each step.")
 @augment_option("auto", ("auto", *AUGMENTATIONS), help="auto: the dataset's (flip for "
                 "natural images, shift (up to 2 pixels) for MNIST, none for 8x8 digits).")
-@click.option("--base-rotations/--no-base-rotations", default=True, show_default=True,
-              help="The base step also learns each class turned by 90, 180 and 270 degrees "
-              "as three extra classes, dropped after the step (PASS).")
+@base_rotations_option
 @classifier_option
 @click.option("--exemplars-per-class", default=20, show_default=True,
               type=click.IntRange(min=1), help="Memory of exemplar methods (icarl, ...).")
@@ -164,9 +166,7 @@ def samples(dataset, out, per_class, classes, split, flat, seed):
               "epochs).")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="Override the lr.")
 @click.option("--arch", help="Override the preset's backbone (e.g. resnet32).")
-@click.option("--base-rotations/--no-base-rotations", default=True, show_default=True,
-              help="The base step also learns each class turned by 90, 180 and 270 degrees "
-              "as three extra classes, dropped after the step (PASS).")
+@base_rotations_option
 @click.option("--device", default="auto", show_default=True)
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True)
 @click.option("--cached-only", is_flag=True,
