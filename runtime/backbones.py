@@ -114,8 +114,13 @@ class ResNet(nn.Module):
 
     def add_classes(self, n_new: int) -> None:
         """Append `n_new` freshly initialised rows to the head and the auxiliary head."""
-        self.head = _grow_linear(self.head, n_new)
-        self.aux_head = _grow_linear(self.aux_head, n_new)
+        self.head = _resized_linear(self.head, self.head.out_features + n_new)
+        self.aux_head = _resized_linear(self.aux_head, self.aux_head.out_features + n_new)
+
+    def keep_classes(self, n: int) -> None:
+        """Cut the head and the auxiliary head down to their first `n` rows."""
+        self.head = _resized_linear(self.head, n)
+        self.aux_head = _resized_linear(self.aux_head, n)
 
 
 def keep_gradient_layout(h: torch.Tensor) -> None:
@@ -131,11 +136,13 @@ def keep_gradient_layout(h: torch.Tensor) -> None:
         h.register_hook(lambda g: g.contiguous(memory_format=torch.channels_last))
 
 
-def _grow_linear(old: nn.Linear, n_new: int) -> nn.Linear:
-    new = nn.Linear(old.in_features, old.out_features + n_new).to(old.weight.device)
+def _resized_linear(old: nn.Linear, n_out: int) -> nn.Linear:
+    """`old` with `n_out` rows: its first rows kept, any new ones freshly initialised."""
+    new = nn.Linear(old.in_features, n_out).to(old.weight.device)
+    kept = min(n_out, old.out_features)
     with torch.no_grad():
-        new.weight[: old.out_features] = old.weight
-        new.bias[: old.out_features] = old.bias
+        new.weight[:kept] = old.weight[:kept]
+        new.bias[:kept] = old.bias[:kept]
     return new
 
 

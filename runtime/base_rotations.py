@@ -14,7 +14,6 @@ Measured in docs/methods.md ("What the base model learns").
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from .errors import ConfigError
 
@@ -37,13 +36,3 @@ def with_rotations(images: torch.Tensor, labels: torch.Tensor, n_classes: int
 def rotation_names(classes: list[str]) -> list[str]:
     return [f"{c}@{90 * r}" for r in QUARTER_TURNS for c in classes]
 
-
-def keep_first_classes(model: nn.Module, n: int) -> None:
-    """Cut the head and the auxiliary head down to their first `n` rows."""
-    for name in ("head", "aux_head"):
-        old = getattr(model, name)
-        new = nn.Linear(old.in_features, n).to(old.weight.device)
-        with torch.no_grad():
-            new.weight.copy_(old.weight[:n])
-            new.bias.copy_(old.bias[:n])
-        setattr(model, name, new)

@@ -26,7 +26,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .augment_option import AUGMENTATIONS, SHIFT_PIXELS
-from .base_rotations import keep_first_classes, rotation_names, with_rotations
+from .base_rotations import rotation_names, with_rotations
 from .backbones import BackboneOutput, ResNet, batchnorm_state, create_backbone, \
     masked_parameter_names
 from .bundle import MAX_STEPS, Bundle, InputSpec, StepRecord, make_probe_input
@@ -281,7 +281,7 @@ def _rotates(previous: Bundle | None, config: StepConfig, method: Method) -> boo
 def _drop_rotation_classes(ctx: StepContext, n: int) -> None:
     """The step as if it had learned its `n` real classes only: the heads' first rows,
     and the unrotated images (labels below n) for its statistics and report."""
-    keep_first_classes(ctx.model, n)
+    ctx.model.keep_classes(n)
     ctx.n_seen, ctx.class_steps = n, ctx.class_steps[:n]
     ctx.data = _first_classes(ctx.data, n)
     if "exact_shard" in ctx.state:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from m2kd.runtime.base_rotations import keep_first_classes, rotation_names, with_rotations
+from m2kd.runtime.base_rotations import rotation_names, with_rotations
 from m2kd.runtime.class_stats import pooled_features, statistics_of
 from m2kd.runtime.engine import run_step
 from m2kd.runtime.errors import ConfigError
@@ -33,7 +33,7 @@ def test_keeping_the_first_classes_keeps_their_rows(digits):
     model = model_of_step(_, 1)
     before = model(data.images[:5])
     model.add_classes(6)
-    keep_first_classes(model, 2)
+    model.keep_classes(2)
     after = model(data.images[:5])
     assert after.logits.shape == (5, 2)
     assert torch.equal(after.logits, before.logits[:, :2])
