@@ -17,7 +17,10 @@ class after each step with FeCAM built from class statistics in different spaces
 - pseudo+base: log-softmax of the pseudo head + log-softmax of the base-space FeCAM
              scores (one forward pass at any step);
 - pseudo+own: log-softmax of the pseudo head + log-softmax of the own-space FeCAM scores;
-- head:      the bundle's sigmoid head.
+- head:      the bundle's sigmoid head;
+- stats-base, stats: the product's classifiers of those two forms, as inference runs
+             them (runtime/classifier.py: stored statistics, FeCAM's distance unit set
+             by the base classes), so their rows are what `m2kd predict` would score.
 
     python benchmarks/classifier_spaces.py --dataset mnist5k --base-classes 2 --seeds 0,1,2
 """
@@ -32,6 +35,7 @@ import torch
 
 from m2kd.runtime.bundle import load_bundle
 from m2kd.runtime.class_stats import ClassStats, pack, pooled_features, statistics_of, tukey
+from m2kd.runtime.classifier import scorer_of_step, with_classifier
 from m2kd.runtime.engine import StepConfig
 from m2kd.runtime.linear_from_stats import LinearOnStats, lda_head, pseudo_feature_head
 from m2kd.runtime.reconstruct import model_of_step
@@ -41,7 +45,8 @@ from m2kd.trainer.orders import named_order
 from m2kd.trainer.protocol import Protocol, run_protocol
 
 VARIANTS = ("base", "own", "base+own", "transport", "base+transport", "lda", "pseudo",
-            "base+lda", "pseudo+base", "pseudo+own", "oracle", "head")
+            "base+lda", "pseudo+base", "pseudo+own", "oracle", "head", "stats-base", "stats")
+PRODUCT_CLASSIFIERS = ("stats-base", "stats")
 
 
 def ridge_map(source: torch.Tensor, target: torch.Tensor, lam: float = 1e-2) -> torch.Tensor:
@@ -116,6 +121,10 @@ def evaluate(bundle, data, order, steps) -> dict[str, list[float]]:
         with torch.no_grad():
             logits = models[k](data.test_images[test]).logits
         out["head"].append(acc(logits))
+        for name in PRODUCT_CLASSIFIERS:
+            scorer = scorer_of_step(with_classifier(bundle, name), k + 1)
+            with torch.no_grad():
+                out[name].append(acc(scorer(data.test_images[test])))
     return out
 
 

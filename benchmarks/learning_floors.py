@@ -2,8 +2,10 @@
 
     python benchmarks/learning_floors.py --seeds 0,1,2,3,4 [--reduction mean]
                                          [--finetune-share 0.5] [--no-base-rotations]
+                                         [--classifier stats]
 
-Prints per seed the final top-1, old- and new-class accuracy (statistics classifier),
+Prints per seed the final top-1, old- and new-class accuracy (statistics classifier:
+the default, or `--classifier`),
 the lowest per-step training accuracy on the step's new classes, and the head's top-1
 after each step. `--reduction mean` replays the pre-fix loss reduction;
 `--finetune-share 0.5` the paper's fine-tuning for half the epochs after pruning.
@@ -16,6 +18,7 @@ import tempfile
 
 import torch
 
+from m2kd.runtime.classifier_option import CLASSIFIERS
 from m2kd.runtime.engine import StepConfig
 from m2kd.trainer.datasets import load_digits_dataset
 from m2kd.trainer.protocol import Protocol, run_protocol
@@ -28,6 +31,7 @@ def main() -> None:
     p.add_argument("--finetune-share", type=float, default=StepConfig.finetune_share)
     p.add_argument("--no-base-rotations", action="store_true",
                    help="no rotation classes in the base step (before session 9)")
+    p.add_argument("--classifier", default=StepConfig.classifier, choices=CLASSIFIERS)
     args = p.parse_args()
     torch.set_num_threads(2)
     for seed in [int(s) for s in args.seeds.split(",")]:
@@ -36,7 +40,8 @@ def main() -> None:
         config = StepConfig(device="cpu", augment="none", seed=seed, progress=False,
                             loss_reduction=args.reduction,
                             finetune_share=args.finetune_share,
-                            base_rotations=not args.no_base_rotations)
+                            base_rotations=not args.no_base_rotations,
+                            classifier=args.classifier)
         with tempfile.TemporaryDirectory() as out:
             r = run_protocol(data, Protocol(6, 2, order), "m2kd", config, out, log=lambda s: None)
         steps = r["steps"]

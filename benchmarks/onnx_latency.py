@@ -2,8 +2,9 @@
 measured side by side in one process, plus file sizes.
 
 Compared: `Runtime.scorer(K)` (what `Runtime.predict` and `m2kd serve` run: rebuilt
-once, BatchNorm folded, cached) with the head, with a one-pass statistics classifier
-(pseudo) and with the default (pseudo + own FeCAM: K forward passes), against a plain
+once, BatchNorm folded, cached) with the head, with the one-pass statistics classifiers
+(pseudo, and the default stats-base: pseudo + base FeCAM) and with stats (pseudo + own
+FeCAM: K forward passes), against a plain
 torch model of the same architecture (random weights, BatchNorm folded, channels-last
 on the CPU like the runtime; also shown in NCHW); the per-step
 and all-steps ONNX graphs against that plain model exported the same way.
@@ -86,8 +87,9 @@ def main() -> None:
     p.add_argument("--bundle")
     p.add_argument("--arch", default="resnet32")
     p.add_argument("--repeats", type=int, default=50)
-    p.add_argument("--onnx-classifier", default="pseudo",
-                   help="the classifier baked into the ONNX graphs (pseudo: one pass)")
+    p.add_argument("--onnx-classifier", default="stats-base",
+                   help="the classifier baked into the ONNX graphs (stats-base: the default, "
+                        "one pass)")
     args = p.parse_args()
     import onnxruntime as ort
 
@@ -111,7 +113,7 @@ def main() -> None:
     torch_models = {"plain torch": StepScorer([copy.deepcopy(plain)], None, layout)
                     .to(memory_format=layout).eval(),
                     "plain torch NCHW": plain}
-    for kind in ("head", "pseudo", "stats"):
+    for kind in ("head", "pseudo", "stats-base", "stats"):
         variant = copy.copy(bundle)
         variant.classifier = classifier_config(kind)
         torch_models[f"runtime {kind}"] = Runtime(variant, device="cpu").scorer(k)
@@ -134,8 +136,8 @@ def main() -> None:
         print(f"{name:17}{1000 * t1:>11.3f}{64 / t64:>16.0f}"
               f"{t1 / plain[0]:>12.2f}x{t64 / plain[1]:>9.2f}x")
     print("torch rows against plain torch, onnx rows (classifier "
-          f"{args.onnx_classifier}) against plain onnx; the default classifier (runtime "
-          f"stats) runs the {k} snapshots it reads")
+          f"{args.onnx_classifier}) against plain onnx; runtime stats runs the {k} "
+          "snapshots it reads, the others one")
     with tempfile.TemporaryDirectory() as tmp:
         save_bundle(bundle, f"{tmp}/b.safetensors")
         bundle_bytes = os.path.getsize(f"{tmp}/b.safetensors")

@@ -27,7 +27,7 @@ from m2kd.runtime.bundle import Bundle
 from m2kd.runtime.class_stats import tukey
 from m2kd.runtime.fold_batchnorm import fold_batchnorm
 from m2kd.runtime.classifier import LINEAR_KINDS, base_classifier, build_classifier, combine, \
-    feature_steps, own_spaces
+    feature_steps, fecam_term
 from m2kd.runtime.reconstruct import check_step, model_of_step
 
 BN_EPS = 1e-5
@@ -111,15 +111,14 @@ class AllStepsGraph(nn.Module):
         # classes get -inf from `class_pad`, as the head's padding does. FeCAM scores do
         # not depend on the step: one classifier serves all. A linear head fitted on
         # statistics (LDA, pseudo-features) depends on the set of classes: one per step,
-        # stacked and padded like the heads, plus the step-independent own-space FeCAM.
+        # stacked and padded like the heads, plus the step-independent FeCAM term.
         spec = bundle.classifier
         self.feature_steps = [] if spec.get("kind") == "head" \
             else feature_steps(bundle, bundle.num_steps)
         self.classifier = build_classifier(bundle, bundle.num_steps) \
             if spec.get("kind") == "fecam" else None
         self.linear = spec.get("kind") in LINEAR_KINDS
-        self.own = own_spaces(bundle, bundle.num_steps) \
-            if self.linear and spec.get("space") == "base+own" else None
+        self.own = fecam_term(bundle, bundle.num_steps) if self.linear else None
         if self.linear:
             self.beta, lin_w, lin_b = _stacked_linear_heads(bundle, n_max)
             self.register_buffer("lin_w", lin_w)

@@ -6,9 +6,11 @@ class's own snapshot (the step that learned it); both are rebuilt exactly from t
 bundle, so no statistic goes stale. A step-k scorer with an own space runs snapshots
 1..k (k forward passes); a base-only one runs snapshot 1 (the cost of a plain model).
 
-- `stats` (the default; pseudo, base+own): log-softmax of a softmax head fitted on
-  Gaussian pseudo-features of the base-space statistics + log-softmax of FeCAM in each
-  class's own space;
+- `stats-base` (the default; pseudo, base+fecam): log-softmax of a softmax head fitted
+  on Gaussian pseudo-features of the base-space statistics + log-softmax of FeCAM in
+  the same base space (one forward pass at any step);
+- `stats` (pseudo, base+own): the same head + log-softmax of FeCAM in each class's own
+  space (k passes at step k);
 - `pseudo` (pseudo, base): the pseudo-feature head alone;
 - `fecam` (fecam, base+own): FeCAM in the base space + FeCAM in each class's own space;
 - `fecam-base` (fecam, base): FeCAM in the base space;
@@ -41,11 +43,12 @@ from .linear_from_stats import LinearOnStats, lda_head, pseudo_feature_head
 from .reconstruct import check_step, model_of_step
 from .stats_classifier import FeCAM
 
-SPACES = ("base", "base+own")
+SPACES = ("base", "base+own", "base+fecam")
 LINEAR_KINDS = ("lda", "pseudo")  # a linear head on snapshot 1, fitted per step
 _FECAM = {"beta": TUKEY_BETA, "g1": 1.0, "g2": 1.0}
 _PSEUDO = {"beta": TUKEY_BETA, "per_class": 256, "seed": 0, "g1": 1.0, "g2": 1.0}
 _CONFIGS = {
+    "stats-base": {"kind": "pseudo", "space": "base+fecam", **_PSEUDO},
     "stats": {"kind": "pseudo", "space": "base+own", **_PSEUDO},
     "pseudo": {"kind": "pseudo", "space": "base", **_PSEUDO},
     "fecam": {"kind": "fecam", "space": "base+own", **_FECAM},
@@ -97,6 +100,8 @@ def describe_classifier(spec: dict) -> str:
     what = f"{what} from class statistics in the base snapshot's space"
     if spec.get("space") == "base+own":
         what += " + FeCAM in each class's own snapshot's space"
+    if spec.get("space") == "base+fecam":
+        what += " + FeCAM in the same space"
     return what
 
 
@@ -139,13 +144,26 @@ class OwnSpaces(nn.Module):
         return torch.cat([fecam(f) for fecam, f in zip(self.fecams, features)], dim=1)
 
 
-class BaseAndOwn(nn.Module):
-    """A base-space classifier, alone or combined with the own spaces.
+class BaseSpaceFeCAM(nn.Module):
+    """FeCAM of every class in the base space, taking the same feature list as
+    `OwnSpaces` (it reads only snapshot 1's)."""
 
-    FeCAM + own: distances add (same units). Linear head + own: log-probabilities add.
+    def __init__(self, fecam: FeCAM):
+        super().__init__()
+        self.fecam = fecam
+
+    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
+        return self.fecam(features[0])
+
+
+class BaseAndOwn(nn.Module):
+    """A base-space classifier, alone or combined with a FeCAM term (`own`: the own
+    spaces, or FeCAM in the base space).
+
+    FeCAM + own: distances add (same units). Linear head + FeCAM: log-probabilities add.
     """
 
-    def __init__(self, base: nn.Module, own: OwnSpaces | None = None, as_log_probs=False):
+    def __init__(self, base: nn.Module, own: nn.Module | None = None, as_log_probs=False):
         super().__init__()
         self.base, self.own, self.as_log_probs = base, own, as_log_probs
 
@@ -162,18 +180,34 @@ def combine(base: torch.Tensor, own: torch.Tensor, as_log_probs: bool) -> torch.
     return base + own
 
 
+def base_fecam(bundle: Bundle, step: int) -> FeCAM:
+    """FeCAM of every class of steps 1..step in the base space."""
+    spec = bundle.classifier
+    return FeCAM(stats_up_to(bundle, step, "base"), float(spec["beta"]),
+                 float(spec.get("g1", 1)), float(spec.get("g2", 1)),
+                 scale_classes=len(bundle.steps[0].classes))
+
+
 def base_classifier(bundle: Bundle, step: int) -> nn.Module:
     """The base-space part of the classifier of `step`: FeCAM or a fitted linear head."""
     spec, stats = bundle.classifier, stats_up_to(bundle, step, "base")
     beta = float(spec["beta"])
     if spec["kind"] == "fecam":
-        return FeCAM(stats, beta, float(spec["g1"]), float(spec["g2"]),
-                     scale_classes=len(bundle.steps[0].classes))
+        return base_fecam(bundle, step)
     if spec["kind"] == "lda":
         weight, bias = lda_head(stats, float(spec["shrinkage"]))
     else:
         weight, bias = pseudo_feature_head(stats, int(spec["per_class"]), seed=int(spec["seed"]))
     return LinearOnStats(weight, bias, beta)
+
+
+def fecam_term(bundle: Bundle, step: int) -> nn.Module | None:
+    """What the classifier adds to its base-space part: FeCAM in the own spaces, in the
+    base space, or nothing."""
+    space = bundle.classifier["space"]
+    if space == "base+own":
+        return own_spaces(bundle, step)
+    return BaseSpaceFeCAM(base_fecam(bundle, step)) if space == "base+fecam" else None
 
 
 def own_spaces(bundle: Bundle, step: int) -> OwnSpaces:
@@ -189,10 +223,11 @@ def build_classifier(bundle: Bundle, step: int) -> BaseAndOwn | None:
     if spec.get("kind") == "head":
         return None
     if spec.get("kind") not in ("fecam", *LINEAR_KINDS) or spec.get("space") not in SPACES \
-            or (spec["kind"] == "lda" and spec["space"] != "base"):
+            or (spec["kind"] == "lda" and spec["space"] != "base") \
+            or (spec["kind"] == "fecam" and spec["space"] == "base+fecam"):
         raise BundleFormatError(f"unknown classifier {spec!r} in the bundle metadata")
-    own = own_spaces(bundle, step) if spec["space"] == "base+own" else None
-    return BaseAndOwn(base_classifier(bundle, step), own, spec["kind"] in LINEAR_KINDS)
+    return BaseAndOwn(base_classifier(bundle, step), fecam_term(bundle, step),
+                      spec["kind"] in LINEAR_KINDS)
 
 
 class StepScorer(nn.Module):

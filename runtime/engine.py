@@ -80,7 +80,7 @@ class StepConfig:
     # How the bundle classifies (runtime/classifier.py): "stats" (from the class statistics
     # in the base and each class's own snapshot), the other statistics classifiers, or
     # "head" (the paper's sigmoid head). Statistics are stored either way.
-    classifier: str = "stats"
+    classifier: str = "stats-base"
     device: str = "auto"
     # bf16 autocast of the forward pass and losses on CUDA ("auto": when the GPU supports
     # bf16); no loss scaling is needed with bf16. Teachers, pruning, probes stay fp32.

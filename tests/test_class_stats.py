@@ -12,7 +12,8 @@ from m2kd.runtime.api import Runtime
 from m2kd.runtime.bundle import load_bundle, read_metadata, save_bundle
 from m2kd.runtime.class_stats import ClassStats, pack, pooled_features, statistics_of, tukey, \
     unpack
-from m2kd.runtime.classifier import classifier_config, scorer_of_step, stats_up_to
+from m2kd.runtime.classifier import classifier_config, describe_classifier, scorer_of_step, \
+    stats_up_to
 from m2kd.runtime.errors import BundleFormatError
 from m2kd.runtime.linear_from_stats import LinearOnStats, covariance_factors, lda_head, \
     pseudo_feature_head, pseudo_features
@@ -139,8 +140,9 @@ def _by_hand(bundle, x, step):
 
 @torch.no_grad()
 def test_runtime_predicts_with_the_statistics_classifier(three_step_bundle, digits):
-    bundle = three_step_bundle[-1]
-    assert bundle.classifier == classifier_config("stats")
+    assert three_step_bundle[-1].classifier == classifier_config("stats-base")  # the default
+    bundle = copy.copy(three_step_bundle[-1])
+    bundle.classifier = classifier_config("stats")
     assert bundle.classifier["kind"] == "pseudo" and bundle.classifier["space"] == "base+own"
     x = digits.test_images[:16]
     expected = _by_hand(bundle, x, 3).argmax(1)
@@ -166,13 +168,28 @@ def test_fecam_classifiers_read_the_spaces_they_name(three_step_bundle, digits):
 
 
 @torch.no_grad()
+def test_stats_base_adds_the_pseudo_head_and_base_fecam_in_one_pass(three_step_bundle, digits):
+    bundle = copy.copy(three_step_bundle[-1])
+    bundle.classifier = classifier_config("stats-base")
+    x = digits.test_images[:16]
+    features = model_of_step(bundle, 1)(x).features
+    head = LinearOnStats(*pseudo_feature_head(stats_up_to(bundle, 3)), beta=0.5)(features)
+    fecam = FeCAM(stats_up_to(bundle, 3), 0.5, scale_classes=2)(features)
+    scorer = scorer_of_step(bundle, 3)
+    assert len(scorer.models) == 1  # the base snapshot only: a plain model's pass
+    assert torch.allclose(scorer(x), head.log_softmax(1) + fecam.log_softmax(1), atol=1e-4)
+    assert describe_classifier(bundle.classifier).endswith("+ FeCAM in the same space")
+
+
+@torch.no_grad()
 def test_a_bundle_can_be_served_with_another_statistics_classifier(three_step_bundle, digits):
     bundle = three_step_bundle[-1]
     runtime = Runtime(bundle, device="cpu")
     assert runtime.using_classifier(None) is runtime
-    one_pass = runtime.using_classifier("pseudo")
-    assert bundle.classifier == classifier_config("stats")  # the loaded bundle is unchanged
-    assert len(runtime.scorer(3).models) == 3 and len(one_pass.scorer(3).models) == 1
+    one_pass, every_snapshot = runtime.using_classifier("pseudo"), runtime.using_classifier("stats")
+    assert bundle.classifier == classifier_config("stats-base")  # the loaded bundle is unchanged
+    assert len(runtime.scorer(3).models) == 1 and len(one_pass.scorer(3).models) == 1
+    assert len(every_snapshot.scorer(3).models) == 3
     x = digits.test_images[:16]
     alone = copy.copy(bundle)
     alone.classifier = classifier_config("pseudo")

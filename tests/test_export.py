@@ -21,6 +21,7 @@ from m2kd.runtime.cli import cli
 from m2kd.runtime.errors import ConfigError
 from m2kd.runtime.onnx_backend import OnnxModel
 from m2kd.runtime.classifier import classifier_config, scorer_of_step
+from m2kd.runtime.classifier_option import CLASSIFIERS
 
 GOLDEN = Path(__file__).parent / "data" / "golden-v1.safetensors"
 
@@ -50,7 +51,7 @@ def test_step_graph_passes_checker_and_parity(bundle, step):
     assert all(r.max_abs_diff <= 1e-4 for r in results)
 
 
-@pytest.mark.parametrize("kind", ["fecam", "fecam-base", "pseudo", "lda", "head"])
+@pytest.mark.parametrize("kind", CLASSIFIERS)
 def test_every_classifier_exports_with_parity(bundle, kind):
     other = copy.copy(bundle)
     other.classifier = classifier_config(kind)
