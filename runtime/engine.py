@@ -77,9 +77,10 @@ class StepConfig:
     # extra classes, dropped when the step ends (runtime/base_rotations.py; PASS).
     base_rotations: bool = True
     teacher_mode: str = "cache"  # "cache" (once per step) or "live" (per batch)
-    # How the bundle classifies (runtime/classifier.py): "stats" (from the class statistics
-    # in the base and each class's own snapshot), the other statistics classifiers, or
-    # "head" (the paper's sigmoid head). Statistics are stored either way.
+    # How the bundle classifies (runtime/classifier.py): "stats-base" (from the class
+    # statistics in the base snapshot: one forward pass), "stats" (base + each class's own
+    # snapshot), the other statistics classifiers, or "head" (the paper's sigmoid head).
+    # Statistics are stored either way.
     classifier: str = "stats-base"
     device: str = "auto"
     # bf16 autocast of the forward pass and losses on CUDA ("auto": when the GPU supports

@@ -181,6 +181,16 @@ def test_stats_base_adds_the_pseudo_head_and_base_fecam_in_one_pass(three_step_b
     assert describe_classifier(bundle.classifier).endswith("+ FeCAM in the same space")
 
 
+@pytest.mark.parametrize("spec", [{"kind": "fecam", "space": "base+fecam"},
+                                  {"kind": "lda", "space": "base+own"},
+                                  {"kind": "pseudo", "space": "everywhere"}])
+def test_a_classifier_the_metadata_cannot_describe_is_refused(three_step_bundle, spec):
+    bundle = copy.copy(three_step_bundle[-1])
+    bundle.classifier = dict(classifier_config("stats-base"), **spec)
+    with pytest.raises(BundleFormatError, match="unknown classifier"):
+        scorer_of_step(bundle, 2)
+
+
 @torch.no_grad()
 def test_a_bundle_can_be_served_with_another_statistics_classifier(three_step_bundle, digits):
     bundle = three_step_bundle[-1]
