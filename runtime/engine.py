@@ -177,8 +177,9 @@ class Method(Protocol):
     name: str
     reads_old_data: bool  # False: exemplar-free, the engine refuses old-class images
     params: dict  # hyper-parameters, recorded in the bundle
-    # Optional `head_only = False`: the method classifies with more than the head, so its
-    # base step gets no rotation classes (runtime/base_rotations.py).
+    # False: the method classifies with more than the head, so its base step gets no
+    # rotation classes (runtime/base_rotations.py).
+    head_only: bool
 
     def before_step(self, ctx: StepContext) -> None: ...
 
@@ -276,7 +277,7 @@ def run_step(previous: Bundle | None, data: StepData, new_classes: list[str], me
 def _rotates(previous: Bundle | None, config: StepConfig, method: Method) -> bool:
     """Rotation classes in this step? The base step only, and not for a method with a
     classifier of its own beside the head (PODNet's proxies)."""
-    return previous is None and config.base_rotations and getattr(method, "head_only", True)
+    return previous is None and config.base_rotations and method.head_only
 
 
 def _drop_rotation_classes(ctx: StepContext, n: int) -> None:

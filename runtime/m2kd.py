@@ -50,6 +50,7 @@ class M2KD:
     """Exemplar-free distillation from every earlier model (or the last one)."""
 
     reads_old_data = False
+    head_only = True
 
     def __init__(self, config: M2KDConfig | None = None, name: str = "m2kd"):
         self.config = config or M2KDConfig()

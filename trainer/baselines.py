@@ -20,6 +20,7 @@ class FineTune:
 
     name = "ft"
     reads_old_data = False
+    head_only = True
     params: dict = {}
 
     def before_step(self, ctx: StepContext) -> None:

@@ -139,22 +139,27 @@ def head_view(run: dict) -> dict | None:
             "forgetting": forgetting(matrix), "confusion_matrix": None}
 
 
+STATS_SUFFIXES = ("_stats_base", "_stats")  # a method + a statistics classifier (methods.py)
+
+
 def with_head_rows(results: dict[str, list[dict]]) -> dict[str, list[dict]]:
-    """Add `<method> (head)` after each `<method>_stats` whose runs recorded the head."""
+    """Add `<method> (head)` after each `<method>_stats` or `<method>_stats_base` whose
+    runs recorded the head (both train alike: the head row is the same either way)."""
     out: dict[str, list[dict]] = {}
     for m, runs in results.items():
         out[m] = runs
         views = [head_view(r) for r in runs]
-        if m.endswith("_stats") and runs and all(views):
-            out[f"{m.removesuffix('_stats')} (head)"] = views
+        suffix = next((s for s in STATS_SUFFIXES if m.endswith(s)), None)
+        if suffix and runs and all(views):
+            out[f"{m.removesuffix(suffix)} (head)"] = views
     return out
 
 
 def _summary(name: str) -> str:
     if name.endswith(" (head)"):
         base = name.removesuffix(" (head)")
-        return f"{method_spec(base).summary}; the same runs as `{base}_stats`, scored by " \
-               "the sigmoid head"
+        return f"{method_spec(base).summary}; the runs of its statistics " \
+               "classifier, scored by the sigmoid head"
     return method_spec(name).summary
 
 

@@ -52,6 +52,7 @@ def attention_distillation(teacher_map: torch.Tensor, student_map: torch.Tensor
 class LwM:
     name = "lwm"
     reads_old_data = False
+    head_only = True
 
     def __init__(self, config: LwMConfig | None = None):
         self.config = config or LwMConfig()

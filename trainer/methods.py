@@ -92,12 +92,14 @@ METHODS["m2kd_s05"] = MethodSpec(_m2kd("m2kd_s05", target_scale=0.5), DEFAULT,
 METHODS["lwf_mc_s05"] = MethodSpec(_m2kd("lwf_mc_s05", teachers="last", auxiliary=False,
                                          target_scale=0.5), None,
                                    "LwF-MC, teacher scores x 0.5", teachers="last")
-# The same methods, classified by the default statistics classifier (runtime/classifier.py).
+# The same methods, classified by a statistics classifier (runtime/classifier.py): `stats`
+# (k passes at step k) or the default `stats-base` (one pass).
 for _name in ("ft", "lwf_mc", "m2kd", "m2kd_noprune"):
     _spec = METHODS[_name]
-    METHODS[f"{_name}_stats"] = MethodSpec(
-        _spec.factory, _spec.prune_ratio, _spec.summary + "; the statistics classifier "
-        "(--classifier stats)", teachers=_spec.teachers, classifier="stats")
+    for _suffix, _classifier in (("stats", "stats"), ("stats_base", "stats-base")):
+        METHODS[f"{_name}_{_suffix}"] = MethodSpec(
+            _spec.factory, _spec.prune_ratio, _spec.summary + "; the statistics classifier "
+            f"(--classifier {_classifier})", teachers=_spec.teachers, classifier=_classifier)
 for _ratio in (0.6, 0.7, 0.8, 0.9):  # Table 1's pruning-ratio sweep
     METHODS[f"m2kd_p{int(_ratio * 100)}"] = MethodSpec(
         _m2kd(f"m2kd_p{int(_ratio * 100)}"), _ratio, f"M2KD with pruning ratio {_ratio}")
