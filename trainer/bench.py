@@ -16,7 +16,7 @@ from m2kd.runtime.engine import StepConfig
 from m2kd.runtime.errors import ConfigError
 
 from .datasets import load_dataset
-from .methods import method_spec
+from .methods import STATS_SUFFIXES, method_spec
 from .metrics import average_incremental_accuracy, forgetting
 from .orders import named_order
 from .presets import Preset
@@ -137,9 +137,6 @@ def head_view(run: dict) -> dict | None:
             "average_incremental_accuracy": average_incremental_accuracy(
                 [row["top1"] for row in steps]),
             "forgetting": forgetting(matrix), "confusion_matrix": None}
-
-
-STATS_SUFFIXES = ("_stats_base", "_stats")  # a method + a statistics classifier (methods.py)
 
 
 def with_head_rows(results: dict[str, list[dict]]) -> dict[str, list[dict]]:

@@ -93,11 +93,13 @@ METHODS["lwf_mc_s05"] = MethodSpec(_m2kd("lwf_mc_s05", teachers="last", auxiliar
                                          target_scale=0.5), None,
                                    "LwF-MC, teacher scores x 0.5", teachers="last")
 # The same methods, classified by a statistics classifier (runtime/classifier.py): `stats`
-# (k passes at step k) or the default `stats-base` (one pass).
+# (k passes at step k) or the default `stats-base` (one pass). Longest suffix first, so
+# that a name's suffix can be found by `endswith` (trainer/bench.py).
+STATS_SUFFIXES = {"_stats_base": "stats-base", "_stats": "stats"}
 for _name in ("ft", "lwf_mc", "m2kd", "m2kd_noprune"):
     _spec = METHODS[_name]
-    for _suffix, _classifier in (("stats", "stats"), ("stats_base", "stats-base")):
-        METHODS[f"{_name}_{_suffix}"] = MethodSpec(
+    for _suffix, _classifier in STATS_SUFFIXES.items():
+        METHODS[f"{_name}{_suffix}"] = MethodSpec(
             _spec.factory, _spec.prune_ratio, _spec.summary + "; the statistics classifier "
             f"(--classifier {_classifier})", teachers=_spec.teachers, classifier=_classifier)
 for _ratio in (0.6, 0.7, 0.8, 0.9):  # Table 1's pruning-ratio sweep
