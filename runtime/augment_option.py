@@ -5,8 +5,8 @@
   (28-32 pixel images such as MNIST's digits: two pixels change no class);
 - none.
 
-Teachers score the unshifted image (runtime/teachers.py), so the distillation targets of
-every augmentation are cached once per step.
+Flips are finite, so the distillation targets are cached once per step; random shifts
+are not, so teachers score each shifted batch as the student sees it (runtime/teachers.py).
 """
 
 import click

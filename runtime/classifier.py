@@ -156,9 +156,9 @@ class BaseSpaceFeCAM(nn.Module):
         return self.fecam(features[0])
 
 
-class BaseAndOwn(nn.Module):
-    """A base-space classifier, alone or combined with a FeCAM term (`own`: the own
-    spaces, or FeCAM in the base space).
+class StatsClassifier(nn.Module):
+    """A statistics classifier: a base-space part, alone or combined with a FeCAM term
+    (`own`: FeCAM in the own spaces, or in the base space).
 
     FeCAM + own: distances add (same units). Linear head + FeCAM: log-probabilities add.
     """
@@ -216,7 +216,7 @@ def own_spaces(bundle: Bundle, step: int) -> OwnSpaces:
                             float(spec.get("g2", 1))) for k in range(1, step + 1)])
 
 
-def build_classifier(bundle: Bundle, step: int) -> BaseAndOwn | None:
+def build_classifier(bundle: Bundle, step: int) -> StatsClassifier | None:
     """The statistics classifier of `step` (taking `feature_steps`' features), or None when
     the head classifies."""
     spec = bundle.classifier
@@ -226,7 +226,7 @@ def build_classifier(bundle: Bundle, step: int) -> BaseAndOwn | None:
             or (spec["kind"] == "lda" and spec["space"] != "base") \
             or (spec["kind"] == "fecam" and spec["space"] == "base+fecam"):
         raise BundleFormatError(f"unknown classifier {spec!r} in the bundle metadata")
-    return BaseAndOwn(base_classifier(bundle, step), fecam_term(bundle, step),
+    return StatsClassifier(base_classifier(bundle, step), fecam_term(bundle, step),
                       spec["kind"] in LINEAR_KINDS)
 
 

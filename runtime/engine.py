@@ -76,6 +76,9 @@ class StepConfig:
     # The base step also learns every class turned by 90, 180 and 270 degrees as three
     # extra classes, dropped when the step ends (runtime/base_rotations.py; PASS).
     base_rotations: bool = True
+    # With augment "shift": the distilling teachers score the shifted image the student
+    # sees (True; runtime/teachers.py), or the image unshifted (False: sessions 9-10).
+    teachers_see_shift: bool = True
     teacher_mode: str = "cache"  # "cache" (once per step) or "live" (per batch)
     # How the bundle classifies (runtime/classifier.py): "stats-base" (from the class
     # statistics in the base snapshot: one forward pass), "stats" (base + each class's own
@@ -129,6 +132,13 @@ class StepConfig:
     @property
     def n_views(self) -> int:
         return 2 if self.augment == "flip" else 1
+
+    @property
+    def live_teachers(self) -> bool:
+        """Teachers run on every batch: asked for, or because they score randomly shifted
+        images, which no per-step cache can hold."""
+        return self.teacher_mode == "live" or (self.augment == "shift"
+                                               and self.teachers_see_shift)
 
 
 # Named recipes: "default" is StepConfig's defaults; "paper" is M2KD Section 4.2 (lr 2.0
@@ -457,7 +467,9 @@ def _batches(ctx: StepContext, generator: torch.Generator):
             continue
         offsets = torch.randint(-SHIFT_PIXELS, SHIFT_PIXELS + 1, (len(index), 2),
                                 generator=generator)
-        yield Batch(shift_images(images, offsets, SHIFT_PIXELS), labels, index, view, images)
+        shifted = shift_images(images, offsets, SHIFT_PIXELS)
+        yield Batch(shifted, labels, index, view,
+                    None if cfg.teachers_see_shift else images)
 
 
 @torch.no_grad()

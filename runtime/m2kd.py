@@ -65,13 +65,13 @@ class M2KD:
         cfg = self.config
         assignment = assign_teachers(ctx.class_steps[:ctx.n_old], ctx.step, cfg.teachers,
                                      cfg.skip)
-        if ctx.config.teacher_mode == "cache":
+        if ctx.config.live_teachers:
+            ctx.state["teachers"] = LiveTeachers(ctx.teacher_model, assignment,
+                                                 cfg.temperature, cfg.target_scale)
+        else:
             ctx.state["teachers"] = TeacherCache.build(
                 ctx.teacher_model, assignment, ctx.data.images, ctx.config.n_views, ctx.device,
                 temperature=cfg.temperature, scale=cfg.target_scale)
-        else:
-            ctx.state["teachers"] = LiveTeachers(ctx.teacher_model, assignment,
-                                                 cfg.temperature, cfg.target_scale)
 
     def loss(self, ctx: StepContext, out: BackboneOutput, batch: Batch
              ) -> dict[str, torch.Tensor]:

@@ -6,10 +6,12 @@ scores of all teachers are computed once per step (`TeacherCache`) instead of
 running k-1 teacher forwards per batch per epoch. `LiveTeachers` is the naive
 per-batch form, kept for the benchmark and the cache's test.
 
-The random shift (`augment="shift"`) is not finite: the student sees the shifted
-image, the teachers score the same image unshifted (in its view), in both forms.
-A shift of two pixels does not change what a digit is, and the teachers' cost stays
-one forward pass per image and step (docs/methods.md, "What the base model learns").
+The random shift (`augment="shift"`) is not finite: the teachers score the shifted
+image the student sees, per batch (`LiveTeachers`; `StepConfig.live_teachers`), as
+LwM's and PODNet's teachers do. Sessions 9-10 had them score the image unshifted, from
+the cache (`teachers_see_shift=False`): one forward pass per image and step, but a
+target that describes another image; the LwF-MC head was 3.8 points lower on MNIST B2
+(docs/methods.md, "Teachers score the image the student sees").
 """
 
 from __future__ import annotations
@@ -31,11 +33,13 @@ class Batch:
     labels: torch.Tensor
     index: torch.Tensor  # position of each image in the step's data
     view: torch.Tensor  # 0 = as is, 1 = horizontally flipped
-    unshifted: torch.Tensor | None = None  # the images in their view before the shift
+    # the images in their view before the shift, when the teachers must not see it
+    unshifted: torch.Tensor | None = None
 
     @property
     def teacher_images(self) -> torch.Tensor:
-        """What the distilling teachers score: the image in its view, never shifted."""
+        """What the distilling teachers score: the student's image, or its unshifted
+        form where the config asks for it (`StepConfig.teachers_see_shift`)."""
         return self.images if self.unshifted is None else self.unshifted
 
 

@@ -83,3 +83,27 @@ def test_cached_only_without_runs_is_a_one_line_error(tmp_path):
                                       str(tmp_path), "--cached-only"])
     assert result.exit_code != 0 and "no cached runs of ft" in result.output
     assert "Traceback" not in result.output
+
+
+def test_teachers_seeing_the_shift_is_compared_only_where_images_are_shifted(tmp_path):
+    """Runs written before `teachers_see_shift` existed had unshifted teachers; that
+    changes nothing unless the images were shifted."""
+    from dataclasses import asdict, replace
+
+    import pytest
+
+    from m2kd.runtime.engine import StepConfig
+    from m2kd.runtime.errors import ConfigError
+    from m2kd.trainer.bench import _check_same_run
+
+    def written_before_the_field(config):
+        stored = json.loads(json.dumps(asdict(config)))
+        del stored["teachers_see_shift"]
+        return {"arch": "resnet_small", "config": stored}
+
+    flipped, shifted = StepConfig(augment="flip"), StepConfig(augment="shift")
+    _check_same_run(written_before_the_field(flipped), "resnet_small", flipped, tmp_path)
+    with pytest.raises(ConfigError, match="teachers_see_shift=False, not True"):
+        _check_same_run(written_before_the_field(shifted), "resnet_small", shifted, tmp_path)
+    legacy = replace(shifted, teachers_see_shift=False)
+    _check_same_run(written_before_the_field(shifted), "resnet_small", legacy, tmp_path)

@@ -62,9 +62,10 @@ def test_a_shift_moves_each_image_by_its_own_offset_and_repeats_the_edge():
     assert torch.equal(out[1, 0], images[1, 0][rows][:, cols])
 
 
-def test_teachers_score_the_unshifted_image_cached_or_live(three_step_bundle, digits):
-    """With `augment="shift"` the student sees the shifted image and every teacher the
-    image as it is; the cache (built before training) must give what live teachers give."""
+def test_unshifted_teachers_give_the_same_targets_cached_or_live(three_step_bundle, digits):
+    """`teachers_see_shift=False` (sessions 9-10): the student sees the shifted image and
+    every teacher the image as it is; the cache (built before training) must give what
+    live teachers give."""
     data, cache, live_teachers = _teachers_of_step_4(three_step_bundle[-1], digits, 1)
     index = torch.arange(0, 40, 3)
     unshifted = data.images[index]
@@ -79,13 +80,42 @@ def test_teachers_score_the_unshifted_image_cached_or_live(three_step_bundle, di
     assert not torch.allclose(on_shifted[0], live[0], atol=1e-3)  # the shift is seen
 
 
+class _TeachersSeen(M2KD):
+    """M2KD that records the teachers each step distils from."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def before_step(self, ctx):
+        super().before_step(ctx)
+        self.seen.append(ctx.state["teachers"])
+
+
+@pytest.mark.parametrize("see_shift", [True, False])
+def test_shifted_images_reach_the_teachers_unless_asked_not_to(three_step_bundle, digits,
+                                                                trained_batches, see_shift):
+    (names, data), = steps_of(digits, 4)[3:4]
+    method = _TeachersSeen()
+    config = fast_config(epochs=1, augment="shift", teachers_see_shift=see_shift)
+    run_step(three_step_bundle[-1], data, names, method, config)
+    first = trained_batches[0]
+    if see_shift:
+        assert isinstance(method.seen[0], LiveTeachers)
+        assert first.teacher_images is first.images
+    else:
+        assert isinstance(method.seen[0], TeacherCache)
+        assert torch.equal(first.teacher_images, data.images[first.index])
+    assert not torch.equal(first.images, data.images[first.index])  # the student's is shifted
+    assert StepConfig(augment="flip").live_teachers is False
+
+
 def test_a_shifted_step_trains_on_shifted_images(digits, trained_batches):
     (names, data), = steps_of(digits, 1)
     run_step(None, data, names, M2KD(), fast_config(epochs=1, augment="shift"),
              arch="resnet_small", input_spec=digits.input_spec)
     first = trained_batches[0]
-    assert torch.equal(first.unshifted, data.images[first.index])
-    assert not torch.equal(first.images, first.unshifted)
+    assert not torch.equal(first.images, data.images[first.index])
     with pytest.raises(ConfigError, match="augment must be one of flip, shift, none"):
         StepConfig(augment="crop").validate()
 

@@ -64,9 +64,11 @@ def run_grid(preset: Preset, methods: list[str], seeds: list[int], out: Path,
 RECIPE_FIELDS = ("epochs", "lr", "batch_size", "momentum", "weight_decay", "later_weight_decay",
                  "schedule", "lr_milestones", "lr_gamma", "loss_reduction", "prune_ratio",
                  "finetune_epochs", "finetune_share", "finetune_inside", "augment",
-                 "base_rotations", "classifier", "seed")
+                 "base_rotations", "teachers_see_shift", "classifier", "seed")
 # How runs written before a field existed were run (other absent fields are not compared).
-RUN_BEFORE_THE_FIELD = {"base_rotations": False}
+RUN_BEFORE_THE_FIELD = {"base_rotations": False, "teachers_see_shift": False}
+# Fields that change nothing under some augmentations, and are compared only where they do.
+FIELD_MATTERS = {"teachers_see_shift": lambda config: config["augment"] == "shift"}
 
 
 def _check_same_run(result: dict, arch: str, config: StepConfig, path: Path) -> None:
@@ -77,6 +79,8 @@ def _check_same_run(result: dict, arch: str, config: StepConfig, path: Path) -> 
                           "use another --out")
     stored, expected = result.get("config", {}), asdict(config)
     for field in RECIPE_FIELDS:
+        if not FIELD_MATTERS.get(field, lambda _: True)(expected):
+            continue
         want = list(expected[field]) if isinstance(expected[field], tuple) else expected[field]
         have = stored.get(field, RUN_BEFORE_THE_FIELD.get(field, want))
         if have != want:

@@ -19,6 +19,11 @@ base_rotations_option = click.option(
     "--base-rotations/--no-base-rotations", default=_DEFAULTS.base_rotations,
     show_default=True, help="The base step also learns each class turned by 90, 180 and "
     "270 degrees as three extra classes, dropped after the step (PASS).")
+teachers_see_shift_option = click.option(
+    "--teachers-see-shift/--teachers-unshifted", default=_DEFAULTS.teachers_see_shift,
+    show_default=True, help="With --augment shift: teachers distil from the shifted image "
+    "the student sees (per batch), or from the image unshifted (once per step; sessions "
+    "9-10).")
 
 
 @click.command()
@@ -56,6 +61,7 @@ base_rotations_option = click.option(
 @augment_option("auto", ("auto", *AUGMENTATIONS), help="auto: the dataset's (flip for "
                 "natural images, shift (up to 2 pixels) for MNIST, none for 8x8 digits).")
 @base_rotations_option
+@teachers_see_shift_option
 @classifier_option
 @click.option("--exemplars-per-class", default=20, show_default=True,
               type=click.IntRange(min=1), help="Memory of exemplar methods (icarl, ...).")
@@ -71,8 +77,8 @@ base_rotations_option = click.option(
 @click.option("--progress/--no-progress", default=True, show_default=True)
 def train(dataset, root, train_per_class, image_size, arch, method, order_seed, base_classes,
           increment, max_steps, recipe, epochs, finetune_epochs, lr, batch_size, prune_ratio,
-          augment, base_rotations, classifier, exemplars_per_class, device, seed, out,
-          skip_bad, nproc, progress):
+          augment, base_rotations, teachers_see_shift, classifier, exemplars_per_class, device,
+          seed, out, skip_bad, nproc, progress):
     """Train step by step on a dataset and write the bundle and results.json."""
     from m2kd.runtime.devices import resolve_device
     from m2kd.runtime.distributed import init_from_environment, is_main
@@ -100,8 +106,8 @@ def train(dataset, root, train_per_class, image_size, arch, method, order_seed, 
         recipe, epochs=epochs, lr=lr, batch_size=batch_size, prune_ratio=prune_ratio,
         finetune_epochs=finetune_epochs,
         augment=data.default_augment if augment == "auto" else augment,
-        base_rotations=base_rotations, classifier=classifier, device=device, seed=seed,
-        progress=progress)
+        base_rotations=base_rotations, teachers_see_shift=teachers_see_shift,
+        classifier=classifier, device=device, seed=seed, progress=progress)
     echo(f"{data.name}: {data.num_classes} classes, {len(data.train_labels)} train / "
          f"{len(data.test_labels)} test images, {len(protocol.steps())} steps, "
          f"method {method}, device {resolve_device(device)}, class order "
@@ -167,12 +173,13 @@ def samples(dataset, out, per_class, classes, split, flat, seed):
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="Override the lr.")
 @click.option("--arch", help="Override the preset's backbone (e.g. resnet32).")
 @base_rotations_option
+@teachers_see_shift_option
 @click.option("--device", default="auto", show_default=True)
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True)
 @click.option("--cached-only", is_flag=True,
               help="Only report runs already in OUT; run nothing new.")
 def bench(preset, methods, seeds, root, epochs, finetune_epochs, lr, arch, base_rotations,
-          device, out, cached_only):
+          teachers_see_shift, device, out, cached_only):
     """Run methods x seeds on a preset; write report.md (mean ± std) and plots."""
     import shlex
     import sys
@@ -199,8 +206,9 @@ def bench(preset, methods, seeds, root, epochs, finetune_epochs, lr, arch, base_
     # The papers' methods classify with their heads; `*_stats` methods with class statistics.
     config = recipe_config(p.recipe, epochs=p.epochs, lr=p.lr, batch_size=p.batch_size,
                            finetune_epochs=finetune_epochs, augment="auto",
-                           base_rotations=base_rotations, classifier="head", device=device,
-                           progress=False)
+                           base_rotations=base_rotations,
+                           teachers_see_shift=teachers_see_shift, classifier="head",
+                           device=device, progress=False)
     out.mkdir(parents=True, exist_ok=True)
     results = run_grid(p, names, seed_list, out, config, str(root) if root else None,
                        log=click.echo, cached_only=cached_only)

@@ -87,6 +87,10 @@ METHODS["podnet_free"] = MethodSpec(lambda: PODNet(name="podnet_free"), None,
 # Remedies for over-confident teachers (documented options; `m2kd` stays the paper's form).
 METHODS["m2kd_t2"] = MethodSpec(_m2kd("m2kd_t2", temperature=2.0), DEFAULT,
                                 "M2KD, teacher logits / 2 before the sigmoid")
+METHODS["lwf_mc_t2"] = MethodSpec(_m2kd("lwf_mc_t2", teachers="last", auxiliary=False,
+                                        temperature=2.0), None,
+                                  "LwF-MC, teacher logits / 2 before the sigmoid",
+                                  teachers="last")
 METHODS["m2kd_s05"] = MethodSpec(_m2kd("m2kd_s05", target_scale=0.5), DEFAULT,
                                  "M2KD, teacher scores x 0.5 (discounted old-class claims)")
 METHODS["lwf_mc_s05"] = MethodSpec(_m2kd("lwf_mc_s05", teachers="last", auxiliary=False,
