@@ -227,7 +227,7 @@ def build_classifier(bundle: Bundle, step: int) -> StatsClassifier | None:
             or (spec["kind"] == "fecam" and spec["space"] == "base+fecam"):
         raise BundleFormatError(f"unknown classifier {spec!r} in the bundle metadata")
     return StatsClassifier(base_classifier(bundle, step), fecam_term(bundle, step),
-                      spec["kind"] in LINEAR_KINDS)
+                           spec["kind"] in LINEAR_KINDS)
 
 
 class StepScorer(nn.Module):

@@ -79,7 +79,9 @@ class StepConfig:
     # With augment "shift": the distilling teachers score the shifted image the student
     # sees (True; runtime/teachers.py), or the image unshifted (False: sessions 9-10).
     teachers_see_shift: bool = True
-    teacher_mode: str = "cache"  # "cache" (once per step) or "live" (per batch)
+    # "cache" (once per step) or "live" (per batch); shifted images the teachers see are
+    # always scored live (`live_teachers`).
+    teacher_mode: str = "cache"
     # How the bundle classifies (runtime/classifier.py): "stats-base" (from the class
     # statistics in the base snapshot: one forward pass), "stats" (base + each class's own
     # snapshot), the other statistics classifiers, or "head" (the paper's sigmoid head).
