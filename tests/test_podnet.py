@@ -7,8 +7,11 @@ import math
 import pytest
 import torch
 
-from m2kd.trainer.podnet import (LocalSimilarityClassifier, kmeans, nca_loss, pod_flat,
-                                 pod_spatial)
+from m2kd.runtime.engine import run_step
+from m2kd.runtime.reconstruct import model_of_step
+from m2kd.trainer.podnet import (LocalSimilarityClassifier, PODNet, PODNetConfig, kmeans,
+                                 nca_loss, pod_flat, pod_spatial)
+from tests.conftest import fast_config, steps_of
 
 
 def test_nca_loss_is_eq10_and_the_margin_matters():
@@ -61,3 +64,19 @@ def test_kmeans_finds_two_separated_clusters():
     x = torch.cat([torch.randn(20, 2) * 0.01 + 5, torch.randn(20, 2) * 0.01 - 5])
     centroids = kmeans(x, 2)
     assert sorted(round(float(c[0])) for c in centroids) == [-5, 5]
+
+
+def test_a_scale_at_or_below_zero_cannot_zero_the_two_class_loss(digits):
+    """Eq. 10 at two classes is 0 for every image once eta <= 0; the floor keeps the
+    base step learning (it stayed at chance accuracy without it)."""
+    scores = torch.tensor([[0.2, 0.5], [0.7, 0.1]])
+    labels = torch.tensor([0, 0])
+    assert nca_loss(scores, labels, torch.tensor(-0.5), 0.6).item() == 0.0  # the exploit
+    eta = torch.tensor(-0.5).clamp(min=PODNetConfig().eta_min)
+    assert nca_loss(scores, labels, eta, 0.6).item() == pytest.approx((0.9 + 0.0) / 2)
+    (names, data), = steps_of(digits, 1)
+    method = PODNet()
+    bundle, _ = run_step(None, data, names, method, fast_config(epochs=3, prune_ratio=None),
+                         arch="resnet_small", input_spec=digits.input_spec)
+    scores = method.scores(model_of_step(bundle, 1), data.images, torch.device("cpu"))
+    assert (scores.argmax(1) == data.labels).float().mean() >= 0.95  # 0.986; free eta 0.875

@@ -7,8 +7,8 @@ L = L_LSC + L_POD-final (Sec. 3.3), with
 - POD-flat (Eq. 6) on the final embedding; combined as Eq. 7 with lambda_c, lambda_f;
 - LSC (Eq. 9): s_ck = softmax_k <theta_ck, h>, y_c = sum_k s_ck <theta_ck, h> (cosines);
 - NCA loss (Eq. 10): [-log(exp(eta (y_y - delta)) / sum_{i != y} exp(eta y_i))]_+ with a
-  learned eta: the margin delta is applied to the true class only, and the true class
-  is left out of the denominator, as Eq. 10 writes it;
+  learned eta, kept >= 1: the margin delta is applied to the true class only, and the
+  true class is left out of the denominator, as Eq. 10 writes it;
 - new-class proxies imprinted from k-means centroids of new-class features (Sec. 3.2).
 
 Deviations (docs/methods.md): pooled POD vectors and embeddings are L2-normalised
@@ -37,6 +37,7 @@ class PODNetConfig:
     lambda_f: float = 1.0  # POD-flat weight
     margin: float = 0.6  # delta
     eta_init: float = 1.0  # initial value of the learned scale
+    eta_min: float = 1.0  # the scale the loss uses is max(eta, eta_min)
 
 
 def pod_spatial(old: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
@@ -140,7 +141,8 @@ class PODNet:
 
     def loss(self, ctx: StepContext, out: BackboneOutput, batch: Batch
              ) -> dict[str, torch.Tensor]:
-        l_lsc = nca_loss(self.lsc(out.features), batch.labels, self.lsc.eta, self.config.margin)
+        eta = self.lsc.eta.clamp(min=self.config.eta_min)
+        l_lsc = nca_loss(self.lsc(out.features), batch.labels, eta, self.config.margin)
         teacher = ctx.state["teacher"]
         if teacher is None:
             return {"loss": l_lsc, "lsc": l_lsc}
