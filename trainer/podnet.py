@@ -7,13 +7,18 @@ L = L_LSC + L_POD-final (Sec. 3.3), with
 - POD-flat (Eq. 6) on the final embedding; combined as Eq. 7 with lambda_c, lambda_f;
 - LSC (Eq. 9): s_ck = softmax_k <theta_ck, h>, y_c = sum_k s_ck <theta_ck, h> (cosines);
 - NCA loss (Eq. 10): [-log(exp(eta (y_y - delta)) / sum_{i != y} exp(eta y_i))]_+ with a
-  learned eta, kept >= 1: the margin delta is applied to the true class only, and the
-  true class is left out of the denominator, as Eq. 10 writes it;
+  learned eta, kept >= eta_min: the margin delta is applied to the true class only, and
+  the true class is left out of the denominator, as Eq. 10 writes it;
 - new-class proxies imprinted from k-means centroids of new-class features (Sec. 3.2).
+
+As the public PODNet code does (the paper does not say), old classes' proxies are
+frozen while a later step trains, and with exemplars the LSC is then fine-tuned on a
+class-balanced subset.
 
 Deviations (docs/methods.md): pooled POD vectors and embeddings are L2-normalised
 per image before the squared distance (the raw sums of Eq. 4 grow with the map
-size); the stages keep their final ReLU.
+size); the stages keep their final ReLU; eta has a floor (Eq. 10's gradient pulls it
+down while margins are violated: it ends at its floor in every run here).
 """
 
 from __future__ import annotations
@@ -36,8 +41,12 @@ class PODNetConfig:
     lambda_c: float = 3.0  # POD-spatial weight
     lambda_f: float = 1.0  # POD-flat weight
     margin: float = 0.6  # delta
-    eta_init: float = 1.0  # initial value of the learned scale
-    eta_min: float = 1.0  # the scale the loss uses is max(eta, eta_min)
+    eta_init: float = 8.0  # initial value of the learned scale
+    eta_min: float = 8.0  # the scale the loss uses is max(eta, eta_min)
+    # After each later step, the LSC alone is fine-tuned on the same number of images of
+    # every class (the public code's class-balanced fine-tuning; needs exemplars).
+    balanced_epochs: int = 20
+    balanced_lr: float = 0.05
 
 
 def pod_spatial(old: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
@@ -73,28 +82,45 @@ def nca_loss(scores: torch.Tensor, labels: torch.Tensor, eta: torch.Tensor, marg
 
 
 class LocalSimilarityClassifier(nn.Module):
-    """Eq. 9 with K proxies per class; grows by imprinting."""
+    """Eq. 9 with K proxies per class; grows by imprinting.
+
+    The proxies of earlier steps' classes are a buffer, not a parameter: frozen while
+    later steps train, as in the public PODNet code (its old-weights learning rate is
+    0). Trained, they are pushed away by every new image and pulled back only by the
+    few exemplars, or by nothing without them: on MNIST B2 they turned to face away
+    from their own class within one step (own-class cosine 0.81 -> -0.35, old 0.0 %).
+    """
 
     def __init__(self, dim: int, proxies: int, eta_init: float):
         super().__init__()
         self.k = proxies
-        self.proxies = nn.Parameter(torch.empty(0, dim))
+        self.register_buffer("old_proxies", torch.empty(0, dim))
+        self.proxies = nn.Parameter(torch.empty(0, dim))  # this step's classes
         self.eta = nn.Parameter(torch.tensor(float(eta_init)))
 
     @property
     def num_classes(self) -> int:
-        return self.proxies.shape[0] // self.k
+        return (len(self.old_proxies) + len(self.proxies)) // self.k
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        cos = F.normalize(features, dim=1) @ F.normalize(self.proxies, dim=1).t()
+        every = torch.cat([self.old_proxies, self.proxies])
+        cos = F.normalize(features, dim=1) @ F.normalize(every, dim=1).t()
         cos = cos.view(len(features), self.num_classes, self.k)
         return (torch.softmax(cos, dim=2) * cos).sum(dim=2)
 
     @torch.no_grad()
     def imprint(self, features: torch.Tensor, labels: torch.Tensor, classes: list[int]) -> None:
-        """New proxies = k-means centroids of each new class's normalised features."""
+        """Freeze the current proxies; new ones = k-means centroids of each new class's
+        normalised features."""
+        device = features.device
+        self.old_proxies = torch.cat([self.old_proxies.to(device), self.proxies.data.to(device)])
         new = [kmeans(F.normalize(features[labels == c], dim=1), self.k) for c in classes]
-        self.proxies = nn.Parameter(torch.cat([self.proxies.data.to(features.device)] + new))
+        self.proxies = nn.Parameter(torch.cat(new))
+
+    def thaw(self) -> None:
+        """Every proxy trainable again (for the class-balanced fine-tuning)."""
+        self.proxies = nn.Parameter(torch.cat([self.old_proxies, self.proxies.data]))
+        self.old_proxies = self.old_proxies[:0]
 
 
 def kmeans(x: torch.Tensor, k: int, iterations: int = 20, seed: int = 0) -> torch.Tensor:
@@ -110,6 +136,14 @@ def kmeans(x: torch.Tensor, k: int, iterations: int = 20, seed: int = 0) -> torc
             if len(members):
                 centroids[j] = members.mean(0)
     return centroids
+
+
+def balanced_subset(labels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Indices of as many images of every class as the rarest class has, drawn at random."""
+    classes = labels.unique()
+    per_class = int(min((labels == c).sum() for c in classes))
+    picks = [torch.nonzero(labels == c).flatten() for c in classes]
+    return torch.cat([p[torch.randperm(len(p), generator=generator)[:per_class]] for p in picks])
 
 
 class PODNet:
@@ -153,8 +187,34 @@ class PODNet:
         return {"loss": l_lsc + l_pod, "lsc": l_lsc, "pod": l_pod}
 
     def after_step(self, ctx: StepContext) -> None:
+        if self.config.balanced_epochs and bool((ctx.data.labels < ctx.n_old).any()):
+            self.balance_classifier(ctx)
         del ctx.model.lsc
         ctx.state.pop("teacher", None)
+
+    def balance_classifier(self, ctx: StepContext) -> None:
+        """Fine-tune every proxy on a class-balanced subset of the step's images (all
+        exemplars, as many images of each new class), the backbone fixed. Eq. 10 over
+        20 new images per old one leaves the old classes under-predicted (MNIST B2,
+        seed 1: old 61.8 % against new 99.5 %)."""
+        generator = torch.Generator().manual_seed(ctx.config.seed + 1000 * ctx.step)
+        keep = balanced_subset(ctx.data.labels, generator)
+        labels = ctx.data.labels[keep].to(ctx.device)
+        ctx.model.eval()  # the features the step is evaluated on
+        feats = run_in_batches(lambda x: ctx.model(x).features, ctx.data.images[keep],
+                               ctx.device).to(ctx.device)
+        ctx.model.train()
+        self.lsc.thaw()
+        optimizer = torch.optim.SGD([self.lsc.proxies], lr=self.config.balanced_lr,
+                                    momentum=ctx.config.momentum)
+        eta = self.lsc.eta.detach().clamp(min=self.config.eta_min)
+        for _ in range(self.config.balanced_epochs):
+            order = torch.randperm(len(labels), generator=generator).to(ctx.device)
+            for batch in order.split(ctx.config.batch_size):
+                loss = nca_loss(self.lsc(feats[batch]), labels[batch], eta, self.config.margin)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
 
     def scores(self, model: nn.Module, images: torch.Tensor, device) -> torch.Tensor:
         """CNN inference: LSC class similarities of the step's model."""
