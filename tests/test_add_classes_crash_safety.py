@@ -52,7 +52,7 @@ def test_sigkill_at_many_points_leaves_old_or_new_bundle(digits, tmp_path):
     assert _start(bundle, data).wait(timeout=120) == 0
     full_run = time.perf_counter() - started
     outcomes = set()
-    for fraction in (0.05, 0.3, 0.5, 0.7, 0.8, 0.86, 0.9, 0.94, 0.97, 1.0):
+    for fraction in (0.05, 0.5, 0.8, 0.86, 0.9, 0.94, 0.97, 1.0):  # dense where it writes
         bundle.write_bytes(GOLDEN.read_bytes())
         prev.unlink(missing_ok=True)
         proc = _start(bundle, data)
