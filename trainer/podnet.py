@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from m2kd.runtime.backbones import BackboneOutput
+from m2kd.runtime.class_stats import pooled_features
 from m2kd.runtime.engine import StepContext
 from m2kd.runtime.inference import run_in_batches
 from m2kd.runtime.teachers import Batch
@@ -140,9 +141,9 @@ def kmeans(x: torch.Tensor, k: int, iterations: int = 20, seed: int = 0) -> torc
 
 def balanced_subset(labels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Indices of as many images of every class as the rarest class has, drawn at random."""
-    classes = labels.unique()
-    per_class = int(min((labels == c).sum() for c in classes))
-    picks = [torch.nonzero(labels == c).flatten() for c in classes]
+    counts = labels.bincount()
+    per_class = int(counts[counts > 0].min())
+    picks = [torch.nonzero(labels == c).flatten() for c in torch.nonzero(counts).flatten()]
     return torch.cat([p[torch.randperm(len(p), generator=generator)[:per_class]] for p in picks])
 
 
@@ -166,17 +167,19 @@ class PODNet:
                                                  self.config.eta_init)
         self.lsc.to(ctx.device)
         new_classes = list(range(ctx.n_old, ctx.n_seen))
-        ctx.model.eval()
-        feats = run_in_batches(lambda x: ctx.model(x).features, ctx.data.images, ctx.device)
+        feats = pooled_features(ctx.model, ctx.data.images, ctx.device)  # eval mode
         ctx.model.train()
         self.lsc.imprint(feats.to(ctx.device), ctx.data.labels.to(ctx.device), new_classes)
         ctx.model.lsc = self.lsc  # a submodule, so the engine's optimizer trains it
         ctx.state["teacher"] = ctx.teacher_model(ctx.step - 1) if ctx.n_old else None
 
+    def scale(self) -> torch.Tensor:
+        """The eta Eq. 10 uses: the learned one, at least `eta_min`."""
+        return self.lsc.eta.clamp(min=self.config.eta_min)
+
     def loss(self, ctx: StepContext, out: BackboneOutput, batch: Batch
              ) -> dict[str, torch.Tensor]:
-        eta = self.lsc.eta.clamp(min=self.config.eta_min)
-        l_lsc = nca_loss(self.lsc(out.features), batch.labels, eta, self.config.margin)
+        l_lsc = nca_loss(self.lsc(out.features), batch.labels, self.scale(), self.config.margin)
         teacher = ctx.state["teacher"]
         if teacher is None:
             return {"loss": l_lsc, "lsc": l_lsc}
@@ -200,14 +203,13 @@ class PODNet:
         generator = torch.Generator().manual_seed(ctx.config.seed + 1000 * ctx.step)
         keep = balanced_subset(ctx.data.labels, generator)
         labels = ctx.data.labels[keep].to(ctx.device)
-        ctx.model.eval()  # the features the step is evaluated on
-        feats = run_in_batches(lambda x: ctx.model(x).features, ctx.data.images[keep],
-                               ctx.device).to(ctx.device)
+        # eval mode: the features the step is evaluated on
+        feats = pooled_features(ctx.model, ctx.data.images[keep], ctx.device).to(ctx.device)
         ctx.model.train()
         self.lsc.thaw()
         optimizer = torch.optim.SGD([self.lsc.proxies], lr=self.config.balanced_lr,
                                     momentum=ctx.config.momentum)
-        eta = self.lsc.eta.detach().clamp(min=self.config.eta_min)
+        eta = self.scale().detach()
         for _ in range(self.config.balanced_epochs):
             order = torch.randperm(len(labels), generator=generator).to(ctx.device)
             for batch in order.split(ctx.config.batch_size):
