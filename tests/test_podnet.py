@@ -135,9 +135,8 @@ def test_balanced_subset_draws_the_rarest_class_count_of_each_class():
 def test_podnet_keeps_its_old_classes_on_digits(seed, tmp_path):
     """Digits, 2 + 2 + 2 classes, 20 exemplars per class, 8 epochs at lr 0.1, seeds 0-4
     (scratch run of this test's protocol, session 13): final top-1 93.0-96.3, old
-    91.5-96.5. Before
-    old proxies were frozen and the LSC balanced (session 12): final 51.6-68.7, old
-    30.8-59.2."""
+    91.5-96.5. Before old proxies were frozen and the LSC balanced (session 12): final
+    51.6-68.7, old 30.8-59.2."""
     torch.set_num_threads(2)
     data = load_digits_dataset(seed=seed)
     config = StepConfig(epochs=8, lr=0.1, batch_size=64, device="cpu", seed=seed,
