@@ -107,3 +107,23 @@ def test_teachers_seeing_the_shift_is_compared_only_where_images_are_shifted(tmp
         _check_same_run(written_before_the_field(shifted), "resnet_small", shifted, tmp_path)
     legacy = replace(shifted, teachers_see_shift=False)
     _check_same_run(written_before_the_field(shifted), "resnet_small", legacy, tmp_path)
+
+
+def test_a_cached_run_of_other_method_settings_is_refused(tmp_path):
+    from dataclasses import asdict
+
+    import pytest
+
+    from m2kd.runtime.engine import StepConfig
+    from m2kd.runtime.errors import ConfigError
+    from m2kd.trainer.bench import _check_same_run, _method_params
+
+    config = StepConfig()
+    now = _method_params("podnet")
+    stored = {"arch": "resnet_small", "config": json.loads(json.dumps(asdict(config))),
+              "method": "podnet", "method_params": {**now, "balanced_updates": 0}}
+    with pytest.raises(ConfigError, match="podnet's balanced_updates=0, not 200"):
+        _check_same_run(stored, "resnet_small", config, tmp_path, now)
+    _check_same_run({**stored, "method_params": now}, "resnet_small", config, tmp_path, now)
+    del stored["method_params"]  # written before runs recorded them: not compared
+    _check_same_run(stored, "resnet_small", config, tmp_path, now)

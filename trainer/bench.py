@@ -16,7 +16,7 @@ from m2kd.runtime.engine import StepConfig
 from m2kd.runtime.errors import ConfigError
 
 from .datasets import load_dataset
-from .methods import STATS_SUFFIXES, method_spec
+from .methods import STATS_SUFFIXES, create_method, method_spec
 from .metrics import average_incremental_accuracy, forgetting
 from .orders import named_order
 from .presets import Preset
@@ -45,7 +45,7 @@ def run_grid(preset: Preset, methods: list[str], seeds: list[int], out: Path,
             if cached.is_file():
                 result = json.loads(cached.read_text())
                 _check_same_run(result, preset.arch or data.default_arch, config_for(m, cfg),
-                                cached)
+                                cached, _method_params(m))
             elif cached_only:
                 continue
             else:
@@ -71,11 +71,24 @@ RUN_BEFORE_THE_FIELD = {"base_rotations": False, "teachers_see_shift": False}
 FIELD_MATTERS = {"teachers_see_shift": lambda config: config["augment"] == "shift"}
 
 
-def _check_same_run(result: dict, arch: str, config: StepConfig, path: Path) -> None:
-    """A cached run of another backbone or recipe must not join this grid's report as if
-    it were this grid's. What a run written by an older version lacks is not compared."""
+def _method_params(name: str) -> dict:
+    """The method's hyper-parameters as results.json stores them (tuples become lists)."""
+    return json.loads(json.dumps(getattr(create_method(name), "params", {})))
+
+
+def _check_same_run(result: dict, arch: str, config: StepConfig, path: Path,
+                    method_params: dict | None = None) -> None:
+    """A cached run of another backbone, recipe or method setting must not join this
+    grid's report as if it were this grid's. What an older run lacks is not compared."""
     if result.get("arch", arch) != arch:
         raise ConfigError(f"{path} was run with backbone {result['arch']}, not {arch}; "
+                          "use another --out")
+    stored_params = result.get("method_params", method_params)
+    if method_params is not None and stored_params != method_params:
+        field = next(k for k in sorted({*stored_params, *method_params})
+                     if stored_params.get(k) != method_params.get(k))
+        raise ConfigError(f"{path} was run with {result['method']}'s {field}="
+                          f"{stored_params.get(field)!r}, not {method_params.get(field)!r}; "
                           "use another --out")
     stored, expected = result.get("config", {}), asdict(config)
     for field in RECIPE_FIELDS:

@@ -135,6 +135,7 @@ def run_protocol(dataset: Dataset, protocol: Protocol, method_name: str, config:
         save_bundle(bundle, bundle_path)
     results = summarise(dataset, protocol, method_name, arch, config, rows, bundle_path)
     results["confusion_matrix"] = confusion
+    results["method_params"] = getattr(method, "params", {})
     results["memory"] = memory_report(bundle, bundle_path, method_name, packing)
     if memory is not None:
         results["memory"]["exemplar_bytes"] = memory.stored_bytes()
