@@ -8,6 +8,8 @@ every key, shape, dtype, mask range and the checksum before anything is used.
 
 from __future__ import annotations
 
+import functools
+
 import hashlib
 import json
 import os
@@ -409,20 +411,22 @@ def validate(bundle: Bundle) -> None:
     names = bundle.classes
     if len(set(names)) != len(names) or any(not rec.classes for rec in bundle.steps):
         raise BundleFormatError("class names must be unique and every step must add classes")
-    skeleton = _skeleton(bundle)
+    skeleton = _skeleton(bundle.arch, bundle.input_spec.channels)
     _check_weights(bundle, skeleton)
     bn_shapes = {n: t.shape for n, t in batchnorm_state(skeleton).items()}
     for k, rec in enumerate(bundle.steps, start=1):
         _check_step(k, rec, bundle, bn_shapes, skeleton)
 
 
-def _skeleton(bundle: Bundle) -> torch.nn.Module:
-    """The architecture's modules, for their names and shapes.
+@functools.lru_cache(maxsize=8)
+def _skeleton(arch: str, channels: int) -> torch.nn.Module:
+    """The architecture's modules, for their names and shapes only (never modified, so
+    one per architecture serves every validation in the process).
 
     Built on the CPU, not on the meta device: meta's initialisers import torch._dynamo,
     1.7 s of every command's start. The global RNG is left as it was."""
     with torch.random.fork_rng(devices=[]):
-        return create_backbone(bundle.arch, 1, bundle.input_spec.channels)
+        return create_backbone(arch, 1, channels)
 
 
 def _expect(t: torch.Tensor, shape, dtype, what: str) -> None:

@@ -83,8 +83,8 @@ def _check_same_run(result: dict, arch: str, config: StepConfig, path: Path,
     if result.get("arch", arch) != arch:
         raise ConfigError(f"{path} was run with backbone {result['arch']}, not {arch}; "
                           "use another --out")
-    stored_params = result.get("method_params", method_params)
-    if method_params is not None and stored_params != method_params:
+    stored_params = result.get("method_params")
+    if None not in (stored_params, method_params) and stored_params != method_params:
         field = next(k for k in sorted({*stored_params, *method_params})
                      if stored_params.get(k) != method_params.get(k))
         raise ConfigError(f"{path} was run with {result['method']}'s {field}="
