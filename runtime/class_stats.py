@@ -96,6 +96,18 @@ class Moments:
         return ClassStats(self.count.round().to(torch.int64), mean.float(), pack(cov).float())
 
 
+def with_covariance_prior(stats: ClassStats, prior: torch.Tensor, strength: float) -> ClassStats:
+    """Each class's covariance drawn towards `prior` (D, D) as if `strength` extra
+    observations had that covariance: ((n - 1) S + k P) / (n - 1 + k), the posterior mean
+    of a conjugate (inverse-Wishart) prior. A class learned from 5 images gets mostly the
+    prior's shape; one of 400 keeps its own (k = 16: 4 % of the prior)."""
+    if strength <= 0:
+        return stats
+    seen = (stats.count.double() - 1).clamp(min=0)[:, None, None]
+    cov = (seen * stats.covariances().double() + strength * prior.double()) / (seen + strength)
+    return ClassStats(stats.count, stats.mean, pack(cov).float())
+
+
 def moments_of(features: torch.Tensor, labels: torch.Tensor, classes: list[int],
                beta: float = TUKEY_BETA) -> Moments:
     z = tukey(features.double(), beta)

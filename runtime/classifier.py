@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from .bundle import Bundle
-from .class_stats import TUKEY_BETA, ClassStats
+from .class_stats import TUKEY_BETA, ClassStats, with_covariance_prior
 from .classifier_option import CLASSIFIERS
 from .devices import fast_memory_format
 from .errors import BundleFormatError, ConfigError
@@ -45,8 +45,12 @@ from .stats_classifier import FeCAM
 
 SPACES = ("base", "base+own", "base+fecam")
 LINEAR_KINDS = ("lda", "pseudo")  # a linear head on snapshot 1, fitted per step
-_FECAM = {"beta": TUKEY_BETA, "g1": 1.0, "g2": 1.0}
-_PSEUDO = {"beta": TUKEY_BETA, "per_class": 256, "seed": 0, "g1": 1.0, "g2": 1.0}
+# cov_prior: pseudo-observations of the base classes' mean covariance added to every
+# class's base-space covariance (`base_stats`); measured in docs/methods.md.
+COV_PRIOR = 16.0
+_FECAM = {"beta": TUKEY_BETA, "g1": 1.0, "g2": 1.0, "cov_prior": COV_PRIOR}
+_PSEUDO = {"beta": TUKEY_BETA, "per_class": 256, "seed": 0, "g1": 1.0, "g2": 1.0,
+           "cov_prior": COV_PRIOR}
 _CONFIGS = {
     "stats-base": {"kind": "pseudo", "space": "base+fecam", **_PSEUDO},
     "stats": {"kind": "pseudo", "space": "base+own", **_PSEUDO},
@@ -66,8 +70,14 @@ def classifier_config(kind: str) -> dict:
 
 
 def classifier_name(spec: dict) -> str:
-    """The `--classifier` name of a bundle's classifier metadata ("custom" if none fits)."""
-    return next((name for name, config in _CONFIGS.items() if config == spec), "custom")
+    """The `--classifier` name of a bundle's classifier metadata ("custom" if none fits;
+    "NAME (no cov_prior)" for a bundle written before the covariance prior)."""
+    for name, config in _CONFIGS.items():
+        if config == spec:
+            return name
+        if not spec.get("cov_prior") and {**spec, "cov_prior": config.get("cov_prior")} == config:
+            return f"{name} (no cov_prior)"
+    return "custom"
 
 
 def with_classifier(bundle: Bundle, kind: str | None) -> Bundle:
@@ -102,6 +112,8 @@ def describe_classifier(spec: dict) -> str:
         what += " + FeCAM in each class's own snapshot's space"
     if spec.get("space") == "base+fecam":
         what += " + FeCAM in the same space"
+    if spec.get("cov_prior"):
+        what += f" (covariance prior: {spec['cov_prior']:g} images of the base classes' mean)"
     return what
 
 
@@ -120,6 +132,17 @@ def snapshots_read(spec: dict, step: int) -> list[int]:
 def stats_up_to(bundle: Bundle, step: int, space: str = "base") -> ClassStats:
     """Statistics of every class of steps 1..step in `space`, in head order."""
     return ClassStats.concat([own_stats(bundle, k, space) for k in range(1, step + 1)])
+
+
+def base_stats(bundle: Bundle, step: int) -> ClassStats:
+    """`stats_up_to(bundle, step, "base")` as the classifier reads them: with the config's
+    `cov_prior` (absent in bundles written before it: 0), each covariance is drawn towards
+    the mean covariance of the base step's classes, the best-estimated shape there is (a
+    class added from a handful of images has no covariance of its own worth the name)."""
+    stats = stats_up_to(bundle, step, "base")
+    strength = float(bundle.classifier.get("cov_prior", 0))
+    prior = own_stats(bundle, 1, "base").covariances().mean(0)
+    return with_covariance_prior(stats, prior, strength)
 
 
 def own_stats(bundle: Bundle, k: int, space: str = "own") -> ClassStats:
@@ -183,14 +206,14 @@ def combine(base: torch.Tensor, own: torch.Tensor, as_log_probs: bool) -> torch.
 def base_fecam(bundle: Bundle, step: int) -> FeCAM:
     """FeCAM of every class of steps 1..step in the base space."""
     spec = bundle.classifier
-    return FeCAM(stats_up_to(bundle, step, "base"), float(spec["beta"]),
+    return FeCAM(base_stats(bundle, step), float(spec["beta"]),
                  float(spec.get("g1", 1)), float(spec.get("g2", 1)),
                  scale_classes=len(bundle.steps[0].classes))
 
 
 def base_classifier(bundle: Bundle, step: int) -> nn.Module:
     """The base-space part of the classifier of `step`: FeCAM or a fitted linear head."""
-    spec, stats = bundle.classifier, stats_up_to(bundle, step, "base")
+    spec, stats = bundle.classifier, base_stats(bundle, step)
     beta = float(spec["beta"])
     if spec["kind"] == "fecam":
         return base_fecam(bundle, step)
@@ -226,6 +249,10 @@ def build_classifier(bundle: Bundle, step: int) -> StatsClassifier | None:
             or (spec["kind"] == "lda" and spec["space"] != "base") \
             or (spec["kind"] == "fecam" and spec["space"] == "base+fecam"):
         raise BundleFormatError(f"unknown classifier {spec!r} in the bundle metadata")
+    prior = spec.get("cov_prior", 0)
+    if isinstance(prior, bool) or not isinstance(prior, (int, float)) or not 0 <= prior < 1e9:
+        raise BundleFormatError(f"classifier metadata: cov_prior must be a number >= 0, "
+                                f"not {prior!r}")
     return StatsClassifier(base_classifier(bundle, step), fecam_term(bundle, step),
                            spec["kind"] in LINEAR_KINDS)
 

@@ -11,9 +11,9 @@ import torch
 from m2kd.runtime.api import Runtime
 from m2kd.runtime.bundle import load_bundle, read_metadata, save_bundle
 from m2kd.runtime.class_stats import ClassStats, pack, pooled_features, statistics_of, tukey, \
-    unpack
-from m2kd.runtime.classifier import classifier_config, describe_classifier, scorer_of_step, \
-    stats_up_to
+    unpack, with_covariance_prior
+from m2kd.runtime.classifier import COV_PRIOR, classifier_config, classifier_name, \
+    describe_classifier, scorer_of_step, stats_up_to
 from m2kd.runtime.errors import BundleFormatError
 from m2kd.runtime.linear_from_stats import LinearOnStats, covariance_factors, lda_head, \
     pseudo_feature_head, pseudo_features
@@ -130,10 +130,17 @@ def _own(bundle, x, step):
         model_of_step(bundle, k)(x).features) for k, rec in enumerate(bundle.steps[:step], 1)], 1)
 
 
+def _base_stats(bundle, step):
+    """Base-space statistics of steps 1..step, every covariance drawn towards the base
+    classes' mean covariance by COV_PRIOR pseudo-observations."""
+    prior = stats_up_to(bundle, 1).covariances().mean(0)
+    return with_covariance_prior(stats_up_to(bundle, step), prior, COV_PRIOR)
+
+
 def _by_hand(bundle, x, step):
-    """The default: pseudo-feature head on base features + FeCAM in each own space, added
+    """`stats`: pseudo-feature head on base features + FeCAM in each own space, added
     as log-probabilities."""
-    head = LinearOnStats(*pseudo_feature_head(stats_up_to(bundle, step)), beta=0.5)
+    head = LinearOnStats(*pseudo_feature_head(_base_stats(bundle, step)), beta=0.5)
     base = head(model_of_step(bundle, 1)(x).features)
     return base.log_softmax(1) + _own(bundle, x, step).log_softmax(1)
 
@@ -156,7 +163,7 @@ def test_runtime_predicts_with_the_statistics_classifier(three_step_bundle, digi
 def test_fecam_classifiers_read_the_spaces_they_name(three_step_bundle, digits):
     bundle = copy.copy(three_step_bundle[-1])
     x = digits.test_images[:16]
-    base = FeCAM(stats_up_to(bundle, 3), 0.5, scale_classes=2)(model_of_step(bundle, 1)(x).features)
+    base = FeCAM(_base_stats(bundle, 3), 0.5, scale_classes=2)(model_of_step(bundle, 1)(x).features)
     bundle.classifier = classifier_config("fecam-base")
     scorer = scorer_of_step(bundle, 3)
     assert len(scorer.models) == 1
@@ -173,12 +180,13 @@ def test_stats_base_adds_the_pseudo_head_and_base_fecam_in_one_pass(three_step_b
     bundle.classifier = classifier_config("stats-base")
     x = digits.test_images[:16]
     features = model_of_step(bundle, 1)(x).features
-    head = LinearOnStats(*pseudo_feature_head(stats_up_to(bundle, 3)), beta=0.5)(features)
-    fecam = FeCAM(stats_up_to(bundle, 3), 0.5, scale_classes=2)(features)
+    head = LinearOnStats(*pseudo_feature_head(_base_stats(bundle, 3)), beta=0.5)(features)
+    fecam = FeCAM(_base_stats(bundle, 3), 0.5, scale_classes=2)(features)
     scorer = scorer_of_step(bundle, 3)
     assert len(scorer.models) == 1  # the base snapshot only: a plain model's pass
     assert torch.allclose(scorer(x), head.log_softmax(1) + fecam.log_softmax(1), atol=1e-4)
-    assert describe_classifier(bundle.classifier).endswith("+ FeCAM in the same space")
+    assert describe_classifier(bundle.classifier).endswith(
+        "+ FeCAM in the same space (covariance prior: 16 images of the base classes' mean)")
 
 
 @pytest.mark.parametrize("spec", [{"kind": "fecam", "space": "base+fecam"},
@@ -188,6 +196,14 @@ def test_a_classifier_the_metadata_cannot_describe_is_refused(three_step_bundle,
     bundle = copy.copy(three_step_bundle[-1])
     bundle.classifier = dict(classifier_config("stats-base"), **spec)
     with pytest.raises(BundleFormatError, match="unknown classifier"):
+        scorer_of_step(bundle, 2)
+
+
+@pytest.mark.parametrize("prior", [-1.0, "16", float("nan"), float("inf"), True])
+def test_a_covariance_prior_that_is_not_a_count_is_refused(three_step_bundle, prior):
+    bundle = copy.copy(three_step_bundle[-1])
+    bundle.classifier = dict(classifier_config("stats-base"), cov_prior=prior)
+    with pytest.raises(BundleFormatError, match="cov_prior must be a number >= 0"):
         scorer_of_step(bundle, 2)
 
 
@@ -238,6 +254,37 @@ def test_bad_statistics_are_refused_with_a_clear_error(tmp_path, edit, message):
     bad = _broken(load_bundle(GOLDEN_V2), edit)
     with pytest.raises(BundleFormatError, match=message):
         save_bundle(bad, tmp_path / "bad.safetensors")
+
+
+def test_the_covariance_prior_counts_as_extra_observations():
+    g = torch.Generator().manual_seed(0)
+    own = torch.randn(3, 4, 4, generator=g)
+    own = own @ own.transpose(1, 2)
+    prior = torch.eye(4)
+    stats = ClassStats(torch.tensor([1, 5, 1001]), torch.rand(3, 4), pack(own))
+    drawn = with_covariance_prior(stats, prior, 16.0)
+    assert torch.allclose(drawn.covariances()[0], prior)  # one image: no covariance of its own
+    assert torch.allclose(drawn.covariances()[1], (4 * own[1] + 16 * prior) / 20, atol=1e-5)
+    assert torch.allclose(drawn.covariances()[2], (1000 * own[2] + 16 * prior) / 1016, atol=1e-5)
+    assert torch.equal(drawn.mean, stats.mean) and torch.equal(drawn.count, stats.count)
+    assert with_covariance_prior(stats, prior, 0.0) is stats
+
+
+@torch.no_grad()
+def test_bundles_written_before_the_covariance_prior_classify_as_they_did(digits):
+    """golden-v2 has no `cov_prior` key: it classifies without the prior (its scores stay
+    those of the release that wrote it); choosing `fecam-base` again turns the prior on."""
+    old = load_bundle(GOLDEN_V2)
+    assert "cov_prior" not in old.classifier
+    assert classifier_name(old.classifier) == "fecam-base (no cov_prior)"
+    x = digits.test_images[:16]
+    features = model_of_step(old, 1)(x).features
+    unchanged = FeCAM(stats_up_to(old, 2), 0.5, scale_classes=2)(features)
+    assert torch.allclose(scorer_of_step(old, 2)(x), unchanged, atol=1e-5)
+    renewed = Runtime(old, device="cpu").using_classifier("fecam-base").bundle
+    assert renewed.classifier["cov_prior"] == COV_PRIOR
+    assert torch.allclose(scorer_of_step(renewed, 2)(x),
+                          FeCAM(_base_stats(old, 2), 0.5, scale_classes=2)(features), atol=1e-5)
 
 
 def test_class_stats_concat_keeps_head_order():
