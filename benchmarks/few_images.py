@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -28,7 +27,7 @@ from m2kd.runtime.bundle import load_bundle
 from m2kd.runtime.classifier import COV_PRIOR
 from m2kd.runtime.engine import StepConfig
 from m2kd.trainer.datasets import load_dataset
-from m2kd.trainer.few_images import old_new_accuracy
+from m2kd.trainer.few_images import draw_per_class, old_new_accuracy, with_cov_prior
 from m2kd.trainer.protocol import Protocol, run_protocol
 
 
@@ -42,16 +41,6 @@ def base_bundle(data, base_classes: int, seed: int, out: Path):
                             progress=False)
         run_protocol(data, protocol, "m2kd", config, out, log=print)
     return load_bundle(path)
-
-
-def draw(labels: torch.Tensor, classes: list[int], n: int, seed: int) -> dict[int, torch.Tensor]:
-    """`n` random training-image indices of each class in `classes`."""
-    generator = torch.Generator().manual_seed(seed)
-    picked = {}
-    for c in classes:
-        where = torch.nonzero(labels == c).flatten()
-        picked[c] = where[torch.randperm(len(where), generator=generator)[:n]]
-    return picked
 
 
 def main() -> None:
@@ -78,14 +67,13 @@ def main() -> None:
     for n in [int(v) for v in args.per_class.split(",")]:
         scores = {prior: [] for prior in priors}
         for d in range(args.draws):
-            picked = draw(data.train_labels, new, n, seed=1000 * n + d)
+            picked = draw_per_class(data.train_labels, new, n, seed=1000 * n + d)
             runtime = Runtime(base, device="cpu")
             runtime.add_classes({data.class_names[c]: data.train_images[i]
                                  for c, i in picked.items()}, seed=d)
             for prior in priors:
-                classifier = dict(runtime.bundle.classifier, cov_prior=prior)
-                scores[prior].append(old_new_accuracy(
-                    replace(runtime.bundle, classifier=classifier), data, order))
+                scores[prior].append(old_new_accuracy(with_cov_prior(runtime.bundle, prior),
+                                                      data, order))
         for prior, rows in scores.items():
             old, new_top1 = (100 * statistics.fmean(col) for col in zip(*rows))
             draws = " ".join(f"{100 * r[1]:.0f}" for r in rows)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-from dataclasses import replace
 
 import torch
 
@@ -27,12 +26,8 @@ from m2kd.runtime.bundle import load_bundle
 from m2kd.runtime.classifier_option import CLASSIFIERS
 from m2kd.runtime.engine import StepConfig
 from m2kd.trainer.datasets import load_digits_dataset
-from m2kd.trainer.few_images import few_image_bundle, old_new_accuracy
+from m2kd.trainer.few_images import few_image_bundle, old_new_accuracy, with_cov_prior
 from m2kd.trainer.protocol import Protocol, run_protocol
-
-
-def _without_prior(bundle):
-    return replace(bundle, classifier=dict(bundle.classifier, cov_prior=0.0))
 
 
 def main() -> None:
@@ -64,12 +59,12 @@ def main() -> None:
               f"min train-new {100 * min(s['train']['train_accuracy_new'] for s in steps):.1f} "
               f"head {[round(100 * s['head_top1'], 1) for s in steps]}", flush=True)
         if bundle.classifier.get("cov_prior"):
-            old, new = old_new_accuracy(_without_prior(bundle), data, order)
+            old, new = old_new_accuracy(with_cov_prior(bundle, 0), data, order)
             print(f"  without the covariance prior: old {100 * old:.1f} new {100 * new:.1f}")
         for draw in range(args.draws if args.few_images else 0):
             few = few_image_bundle(bundle, data, order, args.few_images, seed=draw)
             (o, n), (o0, n0) = (old_new_accuracy(b, data, order)
-                                for b in (few, _without_prior(few)))
+                                for b in (few, with_cov_prior(few, 0)))
             print(f"  {args.few_images} images, draw {draw}: old {100 * o:.1f} new {100 * n:.1f} "
                   f"(without the covariance prior: old {100 * o0:.1f} new {100 * n0:.1f})",
                   flush=True)

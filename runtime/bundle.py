@@ -9,7 +9,6 @@ every key, shape, dtype, mask range and the checksum before anything is used.
 from __future__ import annotations
 
 import functools
-
 import hashlib
 import json
 import os

@@ -21,6 +21,7 @@ from m2kd.runtime.classifier import scorer_of_step
 from m2kd.runtime.reconstruct import model_of_step
 
 from .datasets import Dataset
+from .metrics import step_metrics
 
 
 def few_image_bundle(bundle: Bundle, data: Dataset, order: list[int], n: int,
@@ -28,9 +29,7 @@ def few_image_bundle(bundle: Bundle, data: Dataset, order: list[int], n: int,
     """`bundle` with the base-space statistics of its last step's classes computed from
     `n` random training images each (`order`: original class ids in head order)."""
     last = order[len(bundle.classes) - len(bundle.steps[-1].classes):len(bundle.classes)]
-    generator = torch.Generator().manual_seed(seed)
-    picked = torch.cat([_sample(torch.nonzero(data.train_labels == c).flatten(), n, generator)
-                        for c in last])
+    picked = torch.cat(list(draw_per_class(data.train_labels, last, n, seed).values()))
     head = {c: i for i, c in enumerate(order)}
     labels = torch.tensor([head[int(c)] for c in data.train_labels[picked]])
     features = pooled_features(model_of_step(bundle, 1), data.train_images[picked], "cpu")
@@ -40,8 +39,20 @@ def few_image_bundle(bundle: Bundle, data: Dataset, order: list[int], n: int,
     return replace(bundle, steps=steps)
 
 
-def _sample(indices: torch.Tensor, n: int, generator: torch.Generator) -> torch.Tensor:
-    return indices[torch.randperm(len(indices), generator=generator)[:n]]
+def draw_per_class(labels: torch.Tensor, classes: list[int], n: int,
+                   seed: int) -> dict[int, torch.Tensor]:
+    """`n` random indices of each class in `classes` (in that order, one generator)."""
+    generator = torch.Generator().manual_seed(seed)
+    picked = {}
+    for c in classes:
+        where = torch.nonzero(labels == c).flatten()
+        picked[c] = where[torch.randperm(len(where), generator=generator)[:n]]
+    return picked
+
+
+def with_cov_prior(bundle: Bundle, strength: float) -> Bundle:
+    """`bundle` classifying with another covariance prior (0: none)."""
+    return replace(bundle, classifier=dict(bundle.classifier, cov_prior=float(strength)))
 
 
 @torch.no_grad()
@@ -51,6 +62,6 @@ def old_new_accuracy(bundle: Bundle, data: Dataset, order: list[int]) -> tuple[f
     head = {c: i for i, c in enumerate(order)}
     seen = torch.isin(data.test_labels, torch.tensor(order[:len(bundle.classes)]))
     truth = torch.tensor([head[int(c)] for c in data.test_labels[seen]])
-    correct = scorer_of_step(bundle, None)(data.test_images[seen]).argmax(1) == truth
-    is_new = truth >= len(bundle.classes) - len(bundle.steps[-1].classes)
-    return float(correct[~is_new].float().mean()), float(correct[is_new].float().mean())
+    logits = scorer_of_step(bundle, None)(data.test_images[seen])
+    metrics = step_metrics(logits, truth, bundle.step_of_class())
+    return metrics["old"], metrics["new"]
