@@ -22,6 +22,7 @@ from .backbones import BackboneOutput
 from .engine import StepContext
 from .errors import ConfigError
 from .losses import auxiliary_distillation, distillation_bce
+from .old_class_features import OldClassTerm
 from .teachers import Batch, LiveTeachers, TeacherCache, assign_teachers
 
 
@@ -36,12 +37,19 @@ class M2KDConfig:
     # targets = target_scale * sigmoid(teacher_logit / temperature).
     temperature: float = 1.0
     target_scale: float = 1.0
+    # Weight of a BCE on Gaussian pseudo-features of the old classes, one per image of the
+    # batch, fed to the head with one-hot targets: the new rows' only negatives in an
+    # exemplar-free step (runtime/old_class_features.py; PASS's prototype augmentation;
+    # not in the paper). 0 keeps Eq. 4 as it is.
+    old_features: float = 0.0
 
     def validate(self) -> None:
         if self.teachers not in ("all", "last"):
             raise ConfigError(f"teachers must be 'all' or 'last', got {self.teachers!r}")
         if self.alpha < 0 or self.lam < 0 or self.skip < 0:
             raise ConfigError("alpha, lambda and skip must be >= 0")
+        if not 0 <= self.old_features < float("inf"):
+            raise ConfigError("the weight of the old classes' pseudo-features must be >= 0")
         if self.temperature <= 0 or not 0 < self.target_scale <= 1:
             raise ConfigError("temperature must be > 0 and target_scale in (0, 1]")
 
@@ -60,6 +68,7 @@ class M2KD:
 
     def before_step(self, ctx: StepContext) -> None:
         ctx.state["teachers"] = None
+        ctx.state["old"] = None
         if ctx.n_old == 0:
             return
         cfg = self.config
@@ -72,6 +81,8 @@ class M2KD:
             ctx.state["teachers"] = TeacherCache.build(
                 ctx.teacher_model, assignment, ctx.data.images, ctx.config.n_views, ctx.device,
                 temperature=cfg.temperature, scale=cfg.target_scale)
+        if cfg.old_features > 0:
+            ctx.state["old"] = OldClassTerm.for_step(ctx)
 
     def loss(self, ctx: StepContext, out: BackboneOutput, batch: Batch
              ) -> dict[str, torch.Tensor]:
@@ -90,8 +101,12 @@ class M2KD:
                                           reduction)
             parts["aux"] = l_ad
             total = total + self.config.lam * l_ad
+        if ctx.state.get("old") is not None:
+            parts["old"] = ctx.state["old"].loss(ctx, len(batch.labels), reduction)
+            total = total + self.config.old_features * parts["old"]
         parts["loss"] = total
         return parts
 
     def after_step(self, ctx: StepContext) -> None:
-        ctx.state.pop("teachers", None)
+        for key in ("teachers", "old"):
+            ctx.state.pop(key, None)

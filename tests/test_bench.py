@@ -127,3 +127,22 @@ def test_a_cached_run_of_other_method_settings_is_refused(tmp_path):
     _check_same_run({**stored, "method_params": now}, "resnet_small", config, tmp_path, now)
     del stored["method_params"]  # written before runs recorded them: not compared
     _check_same_run(stored, "resnet_small", config, tmp_path, now)
+
+
+def test_a_cached_m2kd_run_from_before_a_new_parameter_counts_as_run_without_it(tmp_path):
+    from dataclasses import asdict
+
+    import pytest
+
+    from m2kd.runtime.engine import StepConfig
+    from m2kd.runtime.errors import ConfigError
+    from m2kd.trainer.bench import _check_same_run, _method_params
+
+    config = StepConfig()
+    now = _method_params("m2kd")
+    before = {k: v for k, v in now.items() if k != "old_features"}
+    stored = {"arch": "resnet_small", "config": json.loads(json.dumps(asdict(config))),
+              "method": "m2kd", "method_params": before}
+    _check_same_run(stored, "resnet_small", config, tmp_path, now)
+    with pytest.raises(ConfigError, match="m2kd's old_features=0.0, not 0.5"):
+        _check_same_run(stored, "resnet_small", config, tmp_path, _method_params("m2kd_pass"))

@@ -67,6 +67,8 @@ RECIPE_FIELDS = ("epochs", "lr", "batch_size", "momentum", "weight_decay", "late
                  "base_rotations", "teachers_see_shift", "classifier", "seed")
 # How runs written before a field existed were run (other absent fields are not compared).
 RUN_BEFORE_THE_FIELD = {"base_rotations": False, "teachers_see_shift": False}
+# How runs written before a method parameter existed were run (M2KD's, session 15).
+PARAMS_BEFORE_THE_FIELD = {"old_features": 0.0}
 # Fields that change nothing under some augmentations, and are compared only where they do.
 FIELD_MATTERS = {"teachers_see_shift": lambda config: config["augment"] == "shift"}
 
@@ -84,12 +86,15 @@ def _check_same_run(result: dict, arch: str, config: StepConfig, path: Path,
         raise ConfigError(f"{path} was run with backbone {result['arch']}, not {arch}; "
                           "use another --out")
     stored_params = result.get("method_params")
-    if None not in (stored_params, method_params) and stored_params != method_params:
-        field = next(k for k in sorted({*stored_params, *method_params})
-                     if stored_params.get(k) != method_params.get(k))
-        raise ConfigError(f"{path} was run with {result['method']}'s {field}="
-                          f"{stored_params.get(field)!r}, not {method_params.get(field)!r}; "
-                          "use another --out")
+    if None not in (stored_params, method_params):
+        absent = {k: v for k, v in PARAMS_BEFORE_THE_FIELD.items() if k in method_params}
+        stored_params = {**absent, **stored_params}
+        field = next((k for k in sorted({*stored_params, *method_params})
+                      if stored_params.get(k) != method_params.get(k)), None)
+        if field is not None:
+            raise ConfigError(f"{path} was run with {result['method']}'s {field}="
+                              f"{stored_params.get(field)!r}, not "
+                              f"{method_params.get(field)!r}; use another --out")
     stored, expected = result.get("config", {}), asdict(config)
     for field in RECIPE_FIELDS:
         if not FIELD_MATTERS.get(field, lambda _: True)(expected):

@@ -99,11 +99,20 @@ METHODS["m2kd_s05"] = MethodSpec(_m2kd("m2kd_s05", target_scale=0.5), DEFAULT,
 METHODS["lwf_mc_s05"] = MethodSpec(_m2kd("lwf_mc_s05", teachers="last", auxiliary=False,
                                          target_scale=0.5), None,
                                    "LwF-MC, teacher scores x 0.5", teachers="last")
+# Old classes as Gaussian pseudo-features of their statistics, fed to the head beside
+# the distillation (runtime/old_class_features.py; PASS's prototype augmentation).
+METHODS["m2kd_pass"] = MethodSpec(_m2kd("m2kd_pass", old_features=0.5), DEFAULT,
+                                  "M2KD + the old classes' pseudo-features as the head's "
+                                  "negatives (PASS)")
+METHODS["lwf_mc_pass"] = MethodSpec(_m2kd("lwf_mc_pass", teachers="last", auxiliary=False,
+                                          old_features=0.5), None,
+                                    "LwF-MC + the old classes' pseudo-features as the head's "
+                                    "negatives (PASS)", teachers="last")
 # The same methods, classified by a statistics classifier (runtime/classifier.py): `stats`
 # (k passes at step k) or the default `stats-base` (one pass). Longest suffix first, so
 # that a name's suffix can be found by `endswith` (trainer/bench.py).
 STATS_SUFFIXES = {"_stats_base": "stats-base", "_stats": "stats"}
-for _name in ("ft", "lwf_mc", "m2kd", "m2kd_noprune"):
+for _name in ("ft", "lwf_mc", "m2kd", "m2kd_noprune", "m2kd_pass", "lwf_mc_pass"):
     _spec = METHODS[_name]
     for _suffix, _classifier in STATS_SUFFIXES.items():
         METHODS[f"{_name}{_suffix}"] = MethodSpec(
