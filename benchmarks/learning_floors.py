@@ -4,12 +4,14 @@
                                          [--finetune-share 0.5] [--no-base-rotations]
                                          [--classifier stats]
                                          [--few-images 5 --draws 5]
+                                         [--method m2kd_pass]
 
 Prints per seed the final top-1, old- and new-class accuracy (statistics classifier:
 the default, or `--classifier`),
 the lowest per-step training accuracy on the step's new classes, and the head's top-1
-after each step. `--few-images N`: also the old- and new-class top-1 after the last
-step when its classes' statistics come from N training images each
+after each step and its final old / new. `--method`: another method of
+trainer/methods.py (default m2kd). `--few-images N`: also the old- and new-class top-1
+after the last step when its classes' statistics come from N training images each
 (trainer/few_images.py), with the classifier's covariance prior and without it, per
 draw. `--reduction mean` replays the pre-fix loss reduction;
 `--finetune-share 0.5` the paper's fine-tuning for half the epochs after pruning.
@@ -27,6 +29,7 @@ from m2kd.runtime.classifier_option import CLASSIFIERS
 from m2kd.runtime.engine import StepConfig
 from m2kd.trainer.datasets import load_digits_dataset
 from m2kd.trainer.few_images import few_image_bundle, old_new_accuracy, with_cov_prior
+from m2kd.trainer.methods import METHODS
 from m2kd.trainer.protocol import Protocol, run_protocol
 
 
@@ -40,6 +43,7 @@ def main() -> None:
     p.add_argument("--classifier", default=StepConfig.classifier, choices=CLASSIFIERS)
     p.add_argument("--few-images", type=int, help="images per class of the last step")
     p.add_argument("--draws", type=int, default=5, help="random draws of --few-images")
+    p.add_argument("--method", default="m2kd", choices=sorted(METHODS))
     args = p.parse_args()
     torch.set_num_threads(2)
     for seed in [int(s) for s in args.seeds.split(",")]:
@@ -51,13 +55,17 @@ def main() -> None:
                             base_rotations=not args.no_base_rotations,
                             classifier=args.classifier)
         with tempfile.TemporaryDirectory() as out:
-            r = run_protocol(data, Protocol(6, 2, order), "m2kd", config, out, log=lambda s: None)
+            r = run_protocol(data, Protocol(6, 2, order), args.method, config, out,
+                             log=lambda s: None)
             bundle = load_bundle(f"{out}/bundle.safetensors")
         steps = r["steps"]
+        head = steps[-1]["head"]
         print(f"seed {seed} order {order}: final {100 * steps[-1]['top1']:.1f} "
               f"old {100 * steps[-1]['old']:.1f} new {100 * steps[-1]['new']:.1f} "
               f"min train-new {100 * min(s['train']['train_accuracy_new'] for s in steps):.1f} "
-              f"head {[round(100 * s['head_top1'], 1) for s in steps]}", flush=True)
+              f"head {[round(100 * s['head_top1'], 1) for s in steps]} "
+              f"(old {100 * head['old']:.1f} new {100 * head['new']:.1f})",
+              flush=True)
         if bundle.classifier.get("cov_prior"):
             old, new = old_new_accuracy(with_cov_prior(bundle, 0), data, order)
             print(f"  without the covariance prior: old {100 * old:.1f} new {100 * new:.1f}")

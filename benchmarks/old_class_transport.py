@@ -1,13 +1,13 @@
 """How far from the truth do the old classes' moved means land? Measured on bundles.
 
-`m2kd_pass` (runtime/old_class_features.py) moves each old class's stored mean from the
-snapshot that learned it into a later model's space with a ridge map fitted on that later
-step's new-class images. Here, for the last model of each bundle, the truth is known: the
-mean of the old class's test images in that model's space (Tukey features). Printed per
-bundle, in units of the same space: the mean distance between class means (how far a
-misplaced mean may go before it sits on another class), and the mean error of the stored
-mean left where it was (stale), moved by the ridge map at several ridges, and moved by
-the new images' mean shift alone.
+`m2kd_proto` and `m2kd_pass` (runtime/old_class_features.py) move each old class's
+stored mean from the snapshot that learned it into a later model's space with a ridge map
+fitted on that later step's new-class images. Here, for the last model of each bundle,
+the truth is known: the mean of the old class's test images in that model's space (Tukey
+features). Printed per bundle, in units of the same space: the mean distance between
+class means (how far a misplaced mean may go before it sits on another class), and the
+mean error of the stored mean left where it was (stale), moved by the ridge map at
+several ridges, and moved by the new images' mean shift alone.
 
     python benchmarks/old_class_transport.py --dataset mnist5k RUN_DIR/seed0 RUN_DIR/seed3
 """

@@ -52,3 +52,10 @@ def auxiliary_distillation(aux_logits: torch.Tensor, old_aux_targets: torch.Tens
     distill = bce_sum(aux_logits[:, :n_old], old_aux_targets)
     classify = bce_sum(aux_logits, one_hot(labels, c))
     return reduce_sum(distill + alpha * classify, n, c, reduction)
+
+
+def feature_distillation(features: torch.Tensor, teacher_features: torch.Tensor) -> torch.Tensor:
+    """PASS's knowledge distillation on features: the squared distance between the
+    student's and the teacher's pooled features, summed over the features and averaged
+    over the batch (PASS's public code takes the distance of the whole batch, unsquared)."""
+    return (features.float() - teacher_features.float()).pow(2).sum(1).mean()

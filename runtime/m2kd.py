@@ -9,7 +9,9 @@ Loss (Eq. 4): L = L_MMD + lambda * L_AD, where
   classes.
 Teachers are rebuilt from the bundle (Eq. 7-8) and their scores cached once
 per step. The same object with `teachers="last"` and no auxiliary loss is
-LwF-MC (Eq. 1), and the Section 4.4 ablations are further settings of it.
+LwF-MC (Eq. 1), and the Section 4.4 ablations are further settings of it. Two terms
+of PASS (Zhu et al. 2021) can be added to either: the old classes' pseudo-features as
+the head's negatives and feature distillation (`M2KDConfig`; off by default).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import torch
 from .backbones import BackboneOutput
 from .engine import StepContext
 from .errors import ConfigError
-from .losses import auxiliary_distillation, distillation_bce
+from .losses import auxiliary_distillation, distillation_bce, feature_distillation
 from .old_class_features import OldClassTerm
 from .teachers import Batch, LiveTeachers, TeacherCache, assign_teachers
 
@@ -37,11 +39,16 @@ class M2KDConfig:
     # targets = target_scale * sigmoid(teacher_logit / temperature).
     temperature: float = 1.0
     target_scale: float = 1.0
-    # Weight of a BCE on Gaussian pseudo-features of the old classes, one per image of the
-    # batch, fed to the head with one-hot targets: the new rows' only negatives in an
-    # exemplar-free step (runtime/old_class_features.py; PASS's prototype augmentation;
-    # not in the paper). 0 keeps Eq. 4 as it is.
+    # PASS (Zhu et al. 2021), not in the M2KD paper; 0 keeps Eq. 4 as it is
+    # (docs/methods.md, "PASS on top of the distillation"):
+    # - `old_features`: weight of a BCE of the head on Gaussian pseudo-features of the old
+    #   classes, one per image of the batch, one-hot targets: the new rows' only negatives
+    #   without old images (PASS's prototype augmentation; runtime/old_class_features.py);
+    # - `feature_distillation`: weight of the squared distance between the student's
+    #   pooled features and the previous model's on the batch's images, summed over the
+    #   features and averaged over the batch (PASS's knowledge distillation).
     old_features: float = 0.0
+    feature_distillation: float = 0.0
 
     def validate(self) -> None:
         if self.teachers not in ("all", "last"):
@@ -50,6 +57,8 @@ class M2KDConfig:
             raise ConfigError("alpha, lambda and skip must be >= 0")
         if not 0 <= self.old_features < float("inf"):
             raise ConfigError("the weight of the old classes' pseudo-features must be >= 0")
+        if not 0 <= self.feature_distillation < float("inf"):
+            raise ConfigError("the weight of the feature distillation must be >= 0")
         if self.temperature <= 0 or not 0 < self.target_scale <= 1:
             raise ConfigError("temperature must be > 0 and target_scale in (0, 1]")
 
@@ -69,6 +78,7 @@ class M2KD:
     def before_step(self, ctx: StepContext) -> None:
         ctx.state["teachers"] = None
         ctx.state["old"] = None
+        ctx.state["feature_teacher"] = None
         if ctx.n_old == 0:
             return
         cfg = self.config
@@ -83,6 +93,8 @@ class M2KD:
                 temperature=cfg.temperature, scale=cfg.target_scale)
         if cfg.old_features > 0:
             ctx.state["old"] = OldClassTerm.for_step(ctx)
+        if cfg.feature_distillation > 0:
+            ctx.state["feature_teacher"] = ctx.teacher_model(ctx.step - 1)
 
     def loss(self, ctx: StepContext, out: BackboneOutput, batch: Batch
              ) -> dict[str, torch.Tensor]:
@@ -104,9 +116,14 @@ class M2KD:
         if ctx.state.get("old") is not None:
             parts["old"] = ctx.state["old"].loss(ctx, len(batch.labels), reduction)
             total = total + self.config.old_features * parts["old"]
+        if ctx.state.get("feature_teacher") is not None:
+            with torch.no_grad():
+                target = ctx.state["feature_teacher"](batch.teacher_images).features
+            parts["features"] = feature_distillation(out.features, target)
+            total = total + self.config.feature_distillation * parts["features"]
         parts["loss"] = total
         return parts
 
     def after_step(self, ctx: StepContext) -> None:
-        for key in ("teachers", "old"):
+        for key in ("teachers", "old", "feature_teacher"):
             ctx.state.pop(key, None)

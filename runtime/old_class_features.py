@@ -2,7 +2,7 @@
 
 An exemplar-free step sees only new images, so the head's new rows never meet an old
 class as a negative: a new class's row fires on the old class it resembles, with a
-logit trained to a hard 1 (docs/methods.md, "Negatives for the new rows"). PASS (Zhu
+logit trained to a hard 1 (docs/methods.md, "PASS on top of the distillation"). PASS (Zhu
 et al. 2021) feeds the head Gaussian samples around each old class's stored mean
 ("prototype augmentation"). Here the samples come from the class statistics the bundle
 already holds: each old class's mean and covariance in the exact snapshot of the step

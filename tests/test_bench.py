@@ -140,9 +140,9 @@ def test_a_cached_m2kd_run_from_before_a_new_parameter_counts_as_run_without_it(
 
     config = StepConfig()
     now = _method_params("m2kd")
-    before = {k: v for k, v in now.items() if k != "old_features"}
+    before = {k: v for k, v in now.items() if k not in ("old_features", "feature_distillation")}
     stored = {"arch": "resnet_small", "config": json.loads(json.dumps(asdict(config))),
               "method": "m2kd", "method_params": before}
     _check_same_run(stored, "resnet_small", config, tmp_path, now)
     with pytest.raises(ConfigError, match="m2kd's old_features=0.0, not 0.5"):
-        _check_same_run(stored, "resnet_small", config, tmp_path, _method_params("m2kd_pass"))
+        _check_same_run(stored, "resnet_small", config, tmp_path, _method_params("m2kd_proto"))

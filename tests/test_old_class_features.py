@@ -1,5 +1,5 @@
-"""Old classes as pseudo-features: the ridge map, the moved Gaussians, the sampler, and
-the M2KD loss term that feeds them to the head."""
+"""PASS on top of the distillation: the ridge map, the moved Gaussians, the sampler, the
+loss term that feeds them to the head, and the feature distillation."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import torch
 
 from m2kd.runtime.class_stats import ClassStats, pack, tukey
 from m2kd.runtime.errors import ConfigError
+from m2kd.runtime.losses import feature_distillation
 from m2kd.runtime.m2kd import M2KD, M2KDConfig
 from m2kd.runtime.old_class_features import OldClassSampler, ridge_map, transported
 from m2kd.trainer.orders import named_order
@@ -48,11 +49,11 @@ def test_the_sampler_draws_each_old_class_around_its_mean_in_tukey_space():
 
 def test_the_old_classes_pseudo_features_reach_the_loss(digits, tmp_path):
     protocol = Protocol(2, 2, named_order("seed:0", 10), max_steps=3)
-    results = run_protocol(digits, protocol, "m2kd_pass", fast_config(epochs=1), tmp_path,
+    results = run_protocol(digits, protocol, "m2kd_proto", fast_config(epochs=1), tmp_path,
                            log=lambda s: None)
     losses = [row["train"]["epoch_losses"][0] for row in results["steps"]]
     assert "old" not in losses[0]  # the base step has no old classes
-    assert all(loss["old"] > 0 for loss in losses[1:])
+    assert all(loss["old"] > 0 and "features" not in loss for loss in losses[1:])
 
 
 @pytest.mark.parametrize("weight", [-1.0, float("nan"), float("inf")])
@@ -66,3 +67,24 @@ def test_a_space_mapped_onto_itself_is_left_as_it_is():
     a, b = ridge_map(x, x)  # the default ridge shrinks towards the identity
     assert torch.allclose(a, torch.eye(4, dtype=a.dtype))
     assert torch.allclose(b, torch.zeros(4, dtype=b.dtype), atol=1e-12)
+
+
+def test_pass_adds_the_feature_distillation_and_the_pseudo_features(digits, tmp_path):
+    protocol = Protocol(2, 2, named_order("seed:0", 10), max_steps=2)
+    results = run_protocol(digits, protocol, "m2kd_pass", fast_config(epochs=1), tmp_path,
+                           log=lambda s: None)
+    first, second = (row["train"]["epoch_losses"][0] for row in results["steps"])
+    assert "features" not in first and "old" not in first
+    assert second["features"] > 0 and second["old"] > 0
+
+
+def test_feature_distillation_is_the_batch_mean_of_squared_distances():
+    student = torch.tensor([[1.0, 2.0], [0.0, 0.0]])
+    teacher = torch.tensor([[1.0, 0.0], [3.0, 4.0]])
+    assert feature_distillation(student, teacher).item() == pytest.approx((4 + 25) / 2)
+
+
+@pytest.mark.parametrize("weight", [-1.0, float("nan"), float("inf")])
+def test_a_feature_distillation_weight_that_is_not_a_number_above_zero_is_refused(weight):
+    with pytest.raises(ConfigError, match="feature distillation"):
+        M2KD(M2KDConfig(feature_distillation=weight))

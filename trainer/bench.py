@@ -68,7 +68,7 @@ RECIPE_FIELDS = ("epochs", "lr", "batch_size", "momentum", "weight_decay", "late
 # How runs written before a field existed were run (other absent fields are not compared).
 RUN_BEFORE_THE_FIELD = {"base_rotations": False, "teachers_see_shift": False}
 # How runs written before a method parameter existed were run (M2KD's, session 15).
-PARAMS_BEFORE_THE_FIELD = {"old_features": 0.0}
+PARAMS_BEFORE_THE_FIELD = {"old_features": 0.0, "feature_distillation": 0.0}
 # Fields that change nothing under some augmentations, and are compared only where they do.
 FIELD_MATTERS = {"teachers_see_shift": lambda config: config["augment"] == "shift"}
 

@@ -99,20 +99,27 @@ METHODS["m2kd_s05"] = MethodSpec(_m2kd("m2kd_s05", target_scale=0.5), DEFAULT,
 METHODS["lwf_mc_s05"] = MethodSpec(_m2kd("lwf_mc_s05", teachers="last", auxiliary=False,
                                          target_scale=0.5), None,
                                    "LwF-MC, teacher scores x 0.5", teachers="last")
-# Old classes as Gaussian pseudo-features of their statistics, fed to the head beside
-# the distillation (runtime/old_class_features.py; PASS's prototype augmentation).
-METHODS["m2kd_pass"] = MethodSpec(_m2kd("m2kd_pass", old_features=0.5), DEFAULT,
-                                  "M2KD + the old classes' pseudo-features as the head's "
-                                  "negatives (PASS)")
-METHODS["lwf_mc_pass"] = MethodSpec(_m2kd("lwf_mc_pass", teachers="last", auxiliary=False,
-                                          old_features=0.5), None,
-                                    "LwF-MC + the old classes' pseudo-features as the head's "
-                                    "negatives (PASS)", teachers="last")
+# PASS (Zhu et al. 2021) on top of the distillation: the old classes' Gaussian
+# pseudo-features from the stored statistics as the head's negatives ("proto"), the
+# previous model's pooled features distilled ("fkd"), or both ("pass"; docs/methods.md).
+_PASS_PARTS = {"proto": dict(old_features=0.5), "fkd": dict(feature_distillation=1.0),
+               "pass": dict(old_features=0.5, feature_distillation=1.0)}
+_PASS_WHAT = {"proto": "the old classes' pseudo-features as the head's negatives",
+              "fkd": "the previous model's features distilled",
+              "pass": "PASS: the old classes' pseudo-features + feature distillation"}
+for _part, _config in _PASS_PARTS.items():
+    METHODS[f"m2kd_{_part}"] = MethodSpec(_m2kd(f"m2kd_{_part}", **_config), DEFAULT,
+                                          f"M2KD + {_PASS_WHAT[_part]}")
+    # LwF-MC distils from the last model, but its maps need every earlier one: kept.
+    METHODS[f"lwf_mc_{_part}"] = MethodSpec(
+        _m2kd(f"lwf_mc_{_part}", teachers="last", auxiliary=False, **_config), None,
+        f"LwF-MC + {_PASS_WHAT[_part]}", teachers="all" if "old_features" in _config else "last")
 # The same methods, classified by a statistics classifier (runtime/classifier.py): `stats`
 # (k passes at step k) or the default `stats-base` (one pass). Longest suffix first, so
 # that a name's suffix can be found by `endswith` (trainer/bench.py).
 STATS_SUFFIXES = {"_stats_base": "stats-base", "_stats": "stats"}
-for _name in ("ft", "lwf_mc", "m2kd", "m2kd_noprune", "m2kd_pass", "lwf_mc_pass"):
+for _name in ("ft", "lwf_mc", "m2kd", "m2kd_noprune", *(f"{m}_{p}" for m in ("m2kd", "lwf_mc")
+                                                          for p in _PASS_PARTS)):
     _spec = METHODS[_name]
     for _suffix, _classifier in STATS_SUFFIXES.items():
         METHODS[f"{_name}{_suffix}"] = MethodSpec(
