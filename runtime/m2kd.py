@@ -93,7 +93,7 @@ class M2KD:
                 temperature=cfg.temperature, scale=cfg.target_scale)
         if cfg.old_features > 0:
             ctx.state["old"] = OldClassTerm.for_step(ctx)
-        if cfg.feature_distillation > 0:
+        if cfg.feature_distillation > 0 and not ctx.config.live_teachers:
             ctx.state["feature_teacher"] = ctx.teacher_model(ctx.step - 1)
 
     def loss(self, ctx: StepContext, out: BackboneOutput, batch: Batch
@@ -116,13 +116,22 @@ class M2KD:
         if ctx.state.get("old") is not None:
             parts["old"] = ctx.state["old"].loss(ctx, len(batch.labels), reduction)
             total = total + self.config.old_features * parts["old"]
-        if ctx.state.get("feature_teacher") is not None:
-            with torch.no_grad():
-                target = ctx.state["feature_teacher"](batch.teacher_images).features
-            parts["features"] = feature_distillation(out.features, target)
+        if teachers is not None and self.config.feature_distillation > 0:
+            parts["features"] = feature_distillation(out.features,
+                                                     self._previous_features(ctx, batch))
             total = total + self.config.feature_distillation * parts["features"]
         parts["loss"] = total
         return parts
+
+    @staticmethod
+    def _previous_features(ctx: StepContext, batch: Batch) -> torch.Tensor:
+        """The previous model's pooled features of the batch's images: live teachers have
+        just run that model on them for the targets (every assignment includes it)."""
+        teachers = ctx.state["teachers"]
+        if isinstance(teachers, LiveTeachers):
+            return teachers.features[ctx.step - 1]
+        with torch.no_grad():
+            return ctx.state["feature_teacher"](batch.teacher_images).features
 
     def after_step(self, ctx: StepContext) -> None:
         for key in ("teachers", "old", "feature_teacher"):

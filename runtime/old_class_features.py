@@ -34,6 +34,7 @@ from .linear_from_stats import covariance_factors
 from .losses import distillation_bce
 
 RIDGE = 0.1  # the map's ridge, as a share of the mean variance of its inputs
+MAP_IMAGES = 1024  # the step's images the old classes' maps are fitted on, at most
 
 
 @dataclass
@@ -107,9 +108,6 @@ class OldClassSources:
                                covariance_factors(torch.cat(covs)).float())
 
 
-MAP_IMAGES = 1024  # the step's images the old classes' maps are fitted on, at most
-
-
 class OldClassTerm:
     """BCE of the head on pseudo-features of the old classes, one-hot targets; their
     Gaussians move into the student's current space every `every` batches."""
@@ -122,7 +120,8 @@ class OldClassTerm:
     @staticmethod
     def for_step(ctx: StepContext) -> OldClassTerm:
         """The term of the step `ctx` runs: maps fitted on (up to MAP_IMAGES of) its
-        new-class images, the Gaussians moved once per epoch."""
+        new-class images, the Gaussians moved every N // batch size batches (about once
+        an epoch: an epoch's last, partial batch is not counted)."""
         images = ctx.data.images[ctx.data.labels >= ctx.n_old][:MAP_IMAGES]
         sources = OldClassSources.of(ctx.previous, ctx.teacher_model, images, ctx.device)
         return OldClassTerm(sources, images, max(1, len(ctx.data.labels) // ctx.config.batch_size),

@@ -132,6 +132,9 @@ class LiveTeachers:
         self.models = {t: model_for(t) for t in self.groups}
         self.n_old = len(assignment)
         self.temperature, self.scale = temperature, scale
+        # Each teacher's pooled features of the last batch scored, for a feature
+        # distillation that would otherwise run the same model on the same images again.
+        self.features: dict[int, torch.Tensor] = {}
 
     @torch.no_grad()
     def targets(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -140,6 +143,7 @@ class LiveTeachers:
         aux = torch.zeros_like(main)
         for teacher_step, cols in self.groups.items():
             out = self.models[teacher_step](images)  # bf16 under the step's autocast
+            self.features[teacher_step] = out.features
             t = self.temperature
             main[:, cols] = self.scale * torch.sigmoid(out.logits[:, cols].float() / t)
             aux[:, cols] = self.scale * torch.sigmoid(out.aux_logits[:, cols].float() / t)
