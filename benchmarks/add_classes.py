@@ -1,6 +1,7 @@
 """Cost of adding one class of 400 images to bundles with 2, 5 and 10 existing steps,
-with the per-step teacher cache against naive per-batch teacher forwards, and an M2KD
-step against an LwF-MC step (one teacher, no auxiliary loss, no pruning) at 10 steps.
+with the per-step teacher cache against naive per-batch teacher forwards, an M2KD
+step against an LwF-MC step (one teacher, no auxiliary loss, no pruning) at 10 steps,
+and an M2KD + PASS step (`m2kd add-classes --method m2kd_pass`) against an M2KD step.
 
 Each measurement runs in its own process, so peak memory is that run's own. The
 defaults are `m2kd add-classes`' own (15 epochs, batch 64, no augmentation); the
@@ -55,12 +56,12 @@ def one_step(bundle, n_steps: int, method_name: str, teacher_mode: str, args):
 
 
 def measure_pairs(args, queue) -> None:
-    """The two ratios of issue 11 from runs taken in turn in one process (M2KD at 2 and
+    """The ratios from runs taken in turn in one process (M2KD and M2KD + PASS at 2 and
     10 steps, LwF-MC at 10), fastest of each: a slower spell of a shared machine then
-    hits all three instead of whichever process ran during it."""
+    hits all of them instead of whichever process ran during it."""
     torch.set_num_threads(2)
     bundles = {n: build_bundle(n) for n in (2, 10)}
-    runs = [(2, "m2kd"), (10, "m2kd"), (10, "lwf_mc")]
+    runs = [(2, "m2kd"), (10, "m2kd"), (10, "lwf_mc"), (2, "m2kd_pass"), (10, "m2kd_pass")]
     best = {run: float("inf") for run in runs}
     for _ in range(args.repeats):
         for n, method in runs:
@@ -115,15 +116,16 @@ def main() -> None:
     ctx = mp.get_context("spawn")
     rows = []
     runs = [(n, mode, "m2kd") for n in (2, 5, 10) for mode in ("cache", "live")]
-    for n, mode, method in runs + [(10, "cache", "lwf_mc")]:
+    runs += [(10, "cache", "lwf_mc")] + [(n, "cache", "m2kd_pass") for n in (2, 10)]
+    for n, mode, method in runs:
         rows.append(in_own_process(ctx, measure, n, mode, args, method_name=method))
     print(f"{args.images} new images, {args.epochs} epochs, batch {args.batch_size}, augment "
           f"{args.augment}, device {args.device}, fastest of {args.repeats}; M2KD fine-tunes "
           + ("after its epochs" if args.finetune_after else "within its epochs"))
-    print(f"{'steps':>5} {'method':>7} {'teachers':>8} {'seconds':>8} {'img/s':>7} "
+    print(f"{'steps':>5} {'method':>9} {'teachers':>8} {'seconds':>8} {'img/s':>7} "
           f"{'peak MiB':>9}")
     for r in rows:
-        print(f"{r['steps']:>5} {r['method']:>7} {r['teachers']:>8} {r['seconds']:>8.2f} "
+        print(f"{r['steps']:>5} {r['method']:>9} {r['teachers']:>8} {r['seconds']:>8.2f} "
               f"{r['images_per_second']:>7.0f} {r['peak_mib']:>9.0f}")
     t = {(r["steps"], r["teachers"], r["method"]): r["seconds"] for r in rows}
     ips = {(r["steps"], r["method"]): r["images_per_second"] for r in rows
@@ -135,6 +137,10 @@ def main() -> None:
     print("M2KD step / LwF-MC step at 10 steps (each with its own recipe: M2KD prunes and "
           f"fine-tunes) = {t[(10, 'cache', 'm2kd')] / t[(10, 'cache', 'lwf_mc')]:.2f}; "
           f"per training image = {ips[(10, 'lwf_mc')] / ips[(10, 'm2kd')]:.2f}")
+    print("M2KD + PASS step / M2KD step at 2 / 10 steps = " + " / ".join(
+        f"{t[(n, 'cache', 'm2kd_pass')] / t[(n, 'cache', 'm2kd')]:.2f}" for n in (2, 10))
+        + f"; M2KD + PASS, time 10 steps / 2 steps = "
+        f"{t[(10, 'cache', 'm2kd_pass')] / t[(2, 'cache', 'm2kd_pass')]:.2f}")
     paired = in_own_process(ctx, measure_pairs, args)
     print(f"taken in turn in one process, fastest of {args.repeats} "
           f"(M2KD 2 steps {paired['2 m2kd']:.2f} s, 10 steps {paired['10 m2kd']:.2f} s, "
@@ -142,6 +148,10 @@ def main() -> None:
     print(f"  cache: time 10 steps / 2 steps = {paired['10 m2kd'] / paired['2 m2kd']:.2f}")
     print(f"  M2KD step / LwF-MC step at 10 steps = "
           f"{paired['10 m2kd'] / paired['10 lwf_mc']:.2f}")
+    print(f"  M2KD + PASS step / M2KD step at 2 / 10 steps = "
+          f"{paired['2 m2kd_pass'] / paired['2 m2kd']:.2f} / "
+          f"{paired['10 m2kd_pass'] / paired['10 m2kd']:.2f} (M2KD + PASS 2 steps "
+          f"{paired['2 m2kd_pass']:.2f} s, 10 steps {paired['10 m2kd_pass']:.2f} s)")
     print(json.dumps({"rows": rows, "paired": paired}))
 
 

@@ -8,6 +8,7 @@ import click
 
 from .augment_option import augment_option
 from .classifier_option import classifier_option
+from .method_option import method_option
 
 
 def _pct(v) -> str:
@@ -30,6 +31,7 @@ def _pct(v) -> str:
 @click.option("--lr", default=0.1, show_default=True, type=click.FloatRange(min=0,
               min_open=True))
 @classifier_option
+@method_option
 @click.option("--prune-ratio", default=0.75, show_default=True,
               type=click.FloatRange(0, 1, max_open=True))
 @augment_option("none")
@@ -38,7 +40,8 @@ def _pct(v) -> str:
 @click.option("--skip-bad", is_flag=True, help="Skip unreadable images instead of refusing.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 def add_classes_command(bundle, data_dir, val_dir, out, keep_previous, epochs, batch_size, lr,
-                        classifier, prune_ratio, augment, device, seed, skip_bad, progress):
+                        classifier, method, prune_ratio, augment, device, seed, skip_bad,
+                        progress):
     """Add the classes under --data to BUNDLE without any old data (one M2KD step)."""
     from .api import verify_bundle
     from .atomic import atomic_copy
@@ -47,23 +50,25 @@ def add_classes_command(bundle, data_dir, val_dir, out, keep_previous, epochs, b
     from .devices import resolve_device
     from .engine import StepConfig
     from .evaluate import folder_accuracy
-    from .update import add_classes, check_capacity, read_new_classes
+    from .update import add_classes, check_capacity, method_for, read_new_classes
 
     # Every check happens before training, so a refusal writes nothing.
     old = load_bundle(bundle)
     verify_bundle(old, str(bundle))
     target_device = resolve_device(device)
     check_capacity(old, prune_ratio)
+    method = method_for(old, classifier, None if method == "auto" else method)
     new = read_new_classes(old, data_dir, skip_bad,
                            warn=lambda message: click.echo(f"warning: {message}", err=True))
     before = folder_accuracy(old, val_dir, new.names, target_device) if val_dir else None
     click.echo(f"{bundle}: {old.num_steps} steps, {len(old.classes)} classes; adding "
-               f"{', '.join(new.names)} from {len(new.labels)} images on {target_device}")
+               f"{', '.join(new.names)} from {len(new.labels)} images on {target_device} "
+               f"({method})")
 
     config = StepConfig(epochs=epochs, lr=lr, batch_size=batch_size, prune_ratio=prune_ratio,
                         augment=augment, classifier=classifier, device=str(target_device),
                         seed=seed, progress=progress)
-    updated, report = add_classes(old, new, config)
+    updated, report = add_classes(old, new, config, method)
     click.echo(f"classifier: {describe_classifier(updated.classifier)}")
     if before is not None:
         after = folder_accuracy(updated, val_dir, new.names, target_device)

@@ -76,19 +76,21 @@ class Runtime:
 
     def add_classes(self, new, epochs: int = 15, lr: float = 0.1, batch_size: int = 64,
                     prune_ratio: float = 0.75, seed: int = 0, skip_bad: bool = False,
-                    progress: bool = False, **step_options) -> StepReport:
+                    progress: bool = False, method: str | None = None,
+                    **step_options) -> StepReport:
         """Learn new classes without any old data (one M2KD step) and keep them in memory;
         call `save` to write the bundle.
 
         `new` is a folder with one sub-folder of images per class, or a mapping from
-        class name to images (anything `predict` accepts).
+        class name to images (anything `predict` accepts). `method`: "m2kd" or
+        "m2kd_pass" (default: m2kd_pass for the classifier "head", else m2kd).
         """
         classes = (read_new_classes(self.bundle, new, skip_bad)
                    if isinstance(new, (str, os.PathLike)) else self._new_from_mapping(new))
         config = StepConfig(epochs=epochs, lr=lr, batch_size=batch_size, prune_ratio=prune_ratio,
                             seed=seed, device=str(self.device), progress=progress,
                             **step_options)
-        self.bundle, report = add_classes(self.bundle, classes, config)
+        self.bundle, report = add_classes(self.bundle, classes, config, method)
         self._models.clear()
         return report
 

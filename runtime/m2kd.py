@@ -63,6 +63,12 @@ class M2KDConfig:
             raise ConfigError("temperature must be > 0 and target_scale in (0, 1]")
 
 
+# PASS's two weights as `m2kd_pass` (trainer) and `m2kd add-classes --method m2kd_pass`
+# use them: the first values tried, not tuned (MNIST B2 sigmoid head 83.0 +- 3.0 over
+# nine seeds against 38.3 +- 8.6 without; docs/methods.md).
+PASS_WEIGHTS = {"old_features": 0.5, "feature_distillation": 1.0}
+
+
 class M2KD:
     """Exemplar-free distillation from every earlier model (or the last one)."""
 
@@ -78,7 +84,6 @@ class M2KD:
     def before_step(self, ctx: StepContext) -> None:
         ctx.state["teachers"] = None
         ctx.state["old"] = None
-        ctx.state["feature_teacher"] = None
         if ctx.n_old == 0:
             return
         cfg = self.config
@@ -90,11 +95,10 @@ class M2KD:
         else:
             ctx.state["teachers"] = TeacherCache.build(
                 ctx.teacher_model, assignment, ctx.data.images, ctx.config.n_views, ctx.device,
-                temperature=cfg.temperature, scale=cfg.target_scale)
+                temperature=cfg.temperature, scale=cfg.target_scale,
+                features_of=ctx.step - 1 if cfg.feature_distillation > 0 else None)
         if cfg.old_features > 0:
             ctx.state["old"] = OldClassTerm.for_step(ctx)
-        if cfg.feature_distillation > 0 and not ctx.config.live_teachers:
-            ctx.state["feature_teacher"] = ctx.teacher_model(ctx.step - 1)
 
     def loss(self, ctx: StepContext, out: BackboneOutput, batch: Batch
              ) -> dict[str, torch.Tensor]:
@@ -125,14 +129,15 @@ class M2KD:
 
     @staticmethod
     def _previous_features(ctx: StepContext, batch: Batch) -> torch.Tensor:
-        """The previous model's pooled features of the batch's images: live teachers have
-        just run that model on them for the targets (every assignment includes it)."""
+        """The previous model's pooled features of the batch's images, as the teachers
+        computed them for the targets (every assignment includes the previous model):
+        live teachers have just run it on the batch; the cache ran it once per image and
+        view before training."""
         teachers = ctx.state["teachers"]
         if isinstance(teachers, LiveTeachers):
             return teachers.features[ctx.step - 1]
-        with torch.no_grad():
-            return ctx.state["feature_teacher"](batch.teacher_images).features
+        return teachers.features(batch)
 
     def after_step(self, ctx: StepContext) -> None:
-        for key in ("teachers", "old", "feature_teacher"):
+        for key in ("teachers", "old"):
             ctx.state.pop(key, None)

@@ -13,6 +13,9 @@ from click.testing import CliRunner
 from m2kd.runtime.api import Runtime
 from m2kd.runtime.bundle import load_bundle, save_bundle
 from m2kd.runtime.cli import cli
+from m2kd.runtime.errors import ConfigError
+from m2kd.runtime.m2kd import PASS_WEIGHTS
+from m2kd.runtime.update import method_for
 from m2kd.trainer.samples import write_samples
 
 GOLDEN = Path(__file__).parent / "data" / "golden-v1.safetensors"  # classes 0-3 of digits
@@ -150,3 +153,41 @@ def test_python_api_adds_classes_from_tensors(digits):
     predictions = rt.predict(six[:3], top_k=6)
     assert all(len(p.labels) == 6 for p in predictions)
     assert {"six", "seven"} <= set(predictions[0].labels)
+
+
+def test_the_head_gets_pass_by_default_and_the_statistics_classifiers_plain_m2kd(
+        three_step_bundle):
+    bundle = three_step_bundle[-1]
+    assert method_for(bundle, "head") == "m2kd_pass"
+    assert method_for(bundle, "stats-base") == "m2kd"
+    assert method_for(bundle, "stats-base", "m2kd_pass") == "m2kd_pass"
+    with pytest.raises(ConfigError, match="unknown on-device method 'lwf_mc'"):
+        method_for(bundle, "head", "lwf_mc")
+
+
+def test_pass_on_a_bundle_without_statistics_is_refused_and_writes_nothing(bundle_copy,
+                                                                          new_digits):
+    assert method_for(load_bundle(GOLDEN), "head") == "m2kd"  # v1: nothing to sample
+    result = run("add-classes", bundle_copy, "--data", new_digits / "data", "--method",
+                 "m2kd_pass", *FAST)
+    assert result.exit_code != 0
+    assert result.output.strip().splitlines() == [
+        "Error: m2kd_pass needs the old classes' statistics, which this bundle (written "
+        "before format v2) lacks; use --method m2kd"]
+    assert digest(bundle_copy) == digest(GOLDEN)
+
+
+def test_add_classes_for_the_head_runs_pass_and_records_it(three_step_bundle, digits,
+                                                         tmp_path):
+    path = tmp_path / "bundle.safetensors"
+    save_bundle(three_step_bundle[-1], path)
+    unseen = [c for c in digits.class_names if c not in three_step_bundle[-1].classes][:2]
+    write_samples(digits, tmp_path / "new", 16, unseen, split="train")
+    result = run("add-classes", path, "--data", tmp_path / "new", "--classifier", "head",
+                 *FAST)
+    assert result.exit_code == 0, result.output
+    assert "(m2kd_pass)" in result.output.splitlines()[0]
+    bundle = Runtime.load(path).bundle  # verifies every probe
+    assert bundle.method["name"] == "m2kd_pass"
+    assert bundle.method["params"]["old_features"] == PASS_WEIGHTS["old_features"]
+    assert bundle.method["params"]["feature_distillation"] == PASS_WEIGHTS["feature_distillation"]

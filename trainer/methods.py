@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from m2kd.runtime.errors import ConfigError
-from m2kd.runtime.m2kd import M2KD, M2KDConfig
+from m2kd.runtime.m2kd import M2KD, PASS_WEIGHTS, M2KDConfig
 
 from .baselines import FineTune, Joint
 from .lwm import LwM
@@ -102,8 +102,9 @@ METHODS["lwf_mc_s05"] = MethodSpec(_m2kd("lwf_mc_s05", teachers="last", auxiliar
 # PASS (Zhu et al. 2021) on top of the distillation: the old classes' Gaussian
 # pseudo-features from the stored statistics as the head's negatives ("proto"), the
 # previous model's pooled features distilled ("fkd"), or both ("pass"; docs/methods.md).
-_PASS_PARTS = {"proto": dict(old_features=0.5), "fkd": dict(feature_distillation=1.0),
-               "pass": dict(old_features=0.5, feature_distillation=1.0)}
+_PASS_PARTS = {"proto": {"old_features": PASS_WEIGHTS["old_features"]},
+               "fkd": {"feature_distillation": PASS_WEIGHTS["feature_distillation"]},
+               "pass": dict(PASS_WEIGHTS)}
 _PASS_WHAT = {"proto": "the old classes' pseudo-features as the head's negatives",
               "fkd": "the previous model's features distilled",
               "pass": "PASS: the old classes' pseudo-features + feature distillation"}
