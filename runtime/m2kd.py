@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import torch
+from torch import nn
 
 from .backbones import BackboneOutput
 from .engine import StepContext
@@ -49,6 +50,14 @@ class M2KDConfig:
     #   features and averaged over the batch (PASS's knowledge distillation).
     old_features: float = 0.0
     feature_distillation: float = 0.0
+    # How the previous model normalises for the feature distillation: "batch" (the
+    # batch's statistics, as the training student does) or "running" (eval mode; PASS's
+    # code and session 15's form). Against an eval-mode teacher the distance is not zero
+    # even before the student changes: a batch of only the new classes has other
+    # statistics than the running ones, and the distillation bends the student to undo
+    # that, which is wrong in eval mode (docs/methods.md, "Feature distillation with the
+    # batch's statistics").
+    feature_statistics: str = "batch"
 
     def validate(self) -> None:
         if self.teachers not in ("all", "last"):
@@ -59,6 +68,9 @@ class M2KDConfig:
             raise ConfigError("the weight of the old classes' pseudo-features must be >= 0")
         if not 0 <= self.feature_distillation < float("inf"):
             raise ConfigError("the weight of the feature distillation must be >= 0")
+        if self.feature_statistics not in ("batch", "running"):
+            raise ConfigError("feature_statistics must be 'batch' or 'running', got "
+                              f"{self.feature_statistics!r}")
         if self.temperature <= 0 or not 0 < self.target_scale <= 1:
             raise ConfigError("temperature must be > 0 and target_scale in (0, 1]")
 
@@ -84,6 +96,7 @@ class M2KD:
     def before_step(self, ctx: StepContext) -> None:
         ctx.state["teachers"] = None
         ctx.state["old"] = None
+        ctx.state["feature_teacher"] = None
         if ctx.n_old == 0:
             return
         cfg = self.config
@@ -95,10 +108,12 @@ class M2KD:
         else:
             ctx.state["teachers"] = TeacherCache.build(
                 ctx.teacher_model, assignment, ctx.data.images, ctx.config.n_views, ctx.device,
-                temperature=cfg.temperature, scale=cfg.target_scale,
-                features_of=ctx.step - 1 if cfg.feature_distillation > 0 else None)
+                temperature=cfg.temperature, scale=cfg.target_scale)
         if cfg.old_features > 0:
             ctx.state["old"] = OldClassTerm.for_step(ctx)
+        if cfg.feature_distillation > 0:
+            ctx.state["feature_teacher"] = feature_teacher(ctx.teacher_model(ctx.step - 1),
+                                                           cfg.feature_statistics)
 
     def loss(self, ctx: StepContext, out: BackboneOutput, batch: Batch
              ) -> dict[str, torch.Tensor]:
@@ -129,15 +144,23 @@ class M2KD:
 
     @staticmethod
     def _previous_features(ctx: StepContext, batch: Batch) -> torch.Tensor:
-        """The previous model's pooled features of the batch's images, as the teachers
-        computed them for the targets (every assignment includes the previous model):
-        live teachers have just run it on the batch; the cache ran it once per image and
-        view before training."""
-        teachers = ctx.state["teachers"]
-        if isinstance(teachers, LiveTeachers):
-            return teachers.features[ctx.step - 1]
-        return teachers.features(batch)
+        """The previous model's pooled features of the batch's images (one forward pass
+        per batch: with batch statistics they depend on the whole batch)."""
+        with torch.no_grad():
+            return ctx.state["feature_teacher"](batch.teacher_images).features
 
     def after_step(self, ctx: StepContext) -> None:
-        for key in ("teachers", "old"):
+        for key in ("teachers", "old", "feature_teacher"):
             ctx.state.pop(key, None)
+
+
+def feature_teacher(previous: nn.Module, statistics: str) -> nn.Module:
+    """The previous model as feature distillation runs it. "batch": its BatchNorm
+    normalises each batch by the batch's own statistics, as the training student's
+    does, and never updates its running statistics (momentum 0); "running": eval mode."""
+    if statistics == "running":
+        return previous.eval()
+    for module in previous.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.momentum = 0.0
+    return previous.train()

@@ -86,29 +86,24 @@ def _columns_by_teacher(assignment: list[int]) -> dict[int, list[int]]:
 
 class TeacherCache:
     """Sigmoid scores (main and auxiliary head) of each old class's teacher for every
-    image of the step in every view: tensors of shape (views, N, n_old); and, when asked,
-    one teacher's pooled features (views, N, D), which a feature distillation reads."""
+    image of the step in every view: tensors of shape (views, N, n_old)."""
 
-    def __init__(self, main: torch.Tensor, aux: torch.Tensor,
-                 features: torch.Tensor | None = None):
-        self.main, self.aux, self.cached_features = main, aux, features
+    def __init__(self, main: torch.Tensor, aux: torch.Tensor):
+        self.main, self.aux = main, aux
 
     @classmethod
     @torch.no_grad()
     def build(cls, model_for: Callable[[int], nn.Module], assignment: list[int],
               images: torch.Tensor, n_views: int, device: torch.device,
-              temperature: float = 1.0, scale: float = 1.0,
-              features_of: int | None = None) -> TeacherCache:
+              temperature: float = 1.0, scale: float = 1.0) -> TeacherCache:
         """`model_for(j)` gives a fresh copy of the frozen model of step j on `device`
         (the cache folds its BatchNorm into its convolutions: the same eval-mode
         function up to float rounding, one op fewer per layer); scores are
-        `scale * sigmoid(logit / temperature)` (1 and 1: the paper's). `features_of`:
-        a teacher step (one of `assignment`) whose pooled features are kept too."""
+        `scale * sigmoid(logit / temperature)` (1 and 1: the paper's)."""
         n, n_old = images.shape[0], len(assignment)
         batch_size = inference_batch_size(device)
         main = torch.zeros(n_views, n, n_old, device=device)
         aux = torch.zeros_like(main)
-        features = None
         layout = fast_memory_format(device)
         for teacher_step, cols in _columns_by_teacher(assignment).items():
             teacher = fold_batchnorm(model_for(teacher_step)).to(memory_format=layout)
@@ -121,21 +116,11 @@ class TeacherCache:
                     t = temperature
                     main[v, rows, cols] = scale * torch.sigmoid(out.logits[:, cols] / t)
                     aux[v, rows, cols] = scale * torch.sigmoid(out.aux_logits[:, cols] / t)
-                    if teacher_step == features_of:
-                        if features is None:
-                            features = main.new_zeros(n_views, n, out.features.shape[1])
-                        features[v, rows] = out.features
             del teacher
-        return cls(main, aux, features)
+        return cls(main, aux)
 
     def targets(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         return self.main[batch.view, batch.index], self.aux[batch.view, batch.index]
-
-    def features(self, batch: Batch) -> torch.Tensor:
-        """The kept teacher's pooled features of the batch's images (`features_of`)."""
-        if self.cached_features is None:
-            raise ValueError("this cache was built without a teacher's features")
-        return self.cached_features[batch.view, batch.index]
 
 
 class LiveTeachers:
@@ -147,9 +132,6 @@ class LiveTeachers:
         self.models = {t: model_for(t) for t in self.groups}
         self.n_old = len(assignment)
         self.temperature, self.scale = temperature, scale
-        # Each teacher's pooled features of the last batch scored, for a feature
-        # distillation that would otherwise run the same model on the same images again.
-        self.features: dict[int, torch.Tensor] = {}
 
     @torch.no_grad()
     def targets(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -158,7 +140,6 @@ class LiveTeachers:
         aux = torch.zeros_like(main)
         for teacher_step, cols in self.groups.items():
             out = self.models[teacher_step](images)  # bf16 under the step's autocast
-            self.features[teacher_step] = out.features
             t = self.temperature
             main[:, cols] = self.scale * torch.sigmoid(out.logits[:, cols].float() / t)
             aux[:, cols] = self.scale * torch.sigmoid(out.aux_logits[:, cols].float() / t)

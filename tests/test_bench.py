@@ -140,9 +140,36 @@ def test_a_cached_m2kd_run_from_before_a_new_parameter_counts_as_run_without_it(
 
     config = StepConfig()
     now = _method_params("m2kd")
-    before = {k: v for k, v in now.items() if k not in ("old_features", "feature_distillation")}
+    new_fields = ("old_features", "feature_distillation", "feature_statistics")
+    before = {k: v for k, v in now.items() if k not in new_fields}
     stored = {"arch": "resnet_small", "config": json.loads(json.dumps(asdict(config))),
               "method": "m2kd", "method_params": before}
     _check_same_run(stored, "resnet_small", config, tmp_path, now)
     with pytest.raises(ConfigError, match="m2kd's old_features=0.0, not 0.5"):
         _check_same_run(stored, "resnet_small", config, tmp_path, _method_params("m2kd_proto"))
+
+
+def test_a_cached_pass_run_from_before_batch_statistics_is_not_taken_for_one_with_them(
+        tmp_path):
+    """Session 15's m2kd_pass runs distilled features against an eval-mode teacher; the
+    field is compared only where feature distillation is on."""
+    from dataclasses import asdict
+
+    import pytest
+
+    from m2kd.runtime.engine import StepConfig
+    from m2kd.runtime.errors import ConfigError
+    from m2kd.trainer.bench import _check_same_run, _method_params
+
+    config = StepConfig()
+    now = _method_params("m2kd_pass")
+    assert now["feature_statistics"] == "batch"
+    session15 = {k: v for k, v in now.items() if k != "feature_statistics"}
+    stored = {"arch": "resnet_small", "config": json.loads(json.dumps(asdict(config))),
+              "method": "m2kd_pass", "method_params": session15}
+    with pytest.raises(ConfigError, match="feature_statistics='running', not 'batch'"):
+        _check_same_run(stored, "resnet_small", config, tmp_path, now)
+    proto = _method_params("m2kd_proto")  # no feature distillation: the field is moot
+    stored = {**stored, "method": "m2kd_proto",
+              "method_params": {k: v for k, v in proto.items() if k != "feature_statistics"}}
+    _check_same_run(stored, "resnet_small", config, tmp_path, proto)

@@ -39,8 +39,7 @@ def _teachers_of_step_4(bundle, digits, n_views: int):
     def model_for(j):
         return model_of_step(bundle, j)
 
-    cache = TeacherCache.build(model_for, assignment, data.images, n_views, torch.device("cpu"),
-                               features_of=3)
+    cache = TeacherCache.build(model_for, assignment, data.images, n_views, torch.device("cpu"))
     return data, cache, LiveTeachers(model_for, assignment)
 
 
@@ -52,8 +51,6 @@ def test_teacher_cache_equals_per_batch_teachers(three_step_bundle, digits):
     batch = Batch(images, data.labels[index], index, view)
     for cached, direct in zip(cache.targets(batch), live.targets(batch)):
         assert torch.allclose(cached, direct, atol=1e-6)
-    # the previous model's features, which a feature distillation reads
-    assert torch.allclose(cache.features(batch), live.features[3], atol=1e-5)
 
 
 def test_a_shift_moves_each_image_by_its_own_offset_and_repeats_the_edge():

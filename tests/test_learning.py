@@ -38,12 +38,15 @@ the same, seed 1 98.3 / 95.8 (with: 97.9 / 94.4), seed 3 95.5 / 95.8 (95.8 / 95.
 seeds 0 and 1) sits 6.9 points below seed 1, and seed 1 without the prior falls 18.5
 below it; old classes stay >= 96.9 on every draw of the tested seeds.
 
-The sigmoid head with PASS's two terms (session 15, `m2kd_pass`: the old classes'
-pseudo-features and feature distillation; docs/methods.md), the same run (`python
-benchmarks/learning_floors.py --method m2kd_pass`): final head top-1 64.1, 52.9, 79.1,
-44.8, 53.2 (seeds 0-4). The paper's `m2kd` head on the same seeds 0 and 1: 19.2 and 39.8
-(old 11.5 and 25.1). The floor (tested seed 0) sits below every measured seed, 22 points
-below seed 0, which falls 23 points under it without PASS.
+The sigmoid head with PASS's two terms (`m2kd_pass`: the old classes' pseudo-features
+and feature distillation, the previous model with the batch's BatchNorm statistics since
+session 16; docs/methods.md), the same run (`python benchmarks/learning_floors.py
+--method m2kd_pass`): final head top-1 76.3, 77.4, 79.4, 73.0, 69.6 (seeds 0-4). With
+session 15's eval-mode teacher: 64.1, 52.9, 79.1, 44.8, 53.2; the paper's `m2kd` head on
+seeds 0 and 1: 19.2 and 39.8 (old 11.5 and 25.1). The floor (tested seed 0) sits 9.6
+points below the lowest seed and 16 below seed 0, which falls 41 points under it without
+PASS. Session 15's form (seed 0: 64.1) would pass it too; the teacher's statistics are
+guarded by tests/test_old_class_features.py.
 """
 
 from __future__ import annotations
@@ -69,7 +72,7 @@ ROTATIONS_FINAL_FLOOR = 0.945
 ROTATIONS_OLD_FLOOR = 0.94
 ROTATIONS_NEW_FLOOR = 0.90
 FEW_IMAGES_NEW_FLOOR = 0.75
-PASS_HEAD_FLOOR = 0.42
+PASS_HEAD_FLOOR = 0.60
 
 
 def _order(seed: int) -> list[int]:

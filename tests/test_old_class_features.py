@@ -9,8 +9,9 @@ import torch
 from m2kd.runtime.class_stats import ClassStats, pack, tukey
 from m2kd.runtime.errors import ConfigError
 from m2kd.runtime.losses import feature_distillation
-from m2kd.runtime.m2kd import M2KD, M2KDConfig
+from m2kd.runtime.m2kd import M2KD, M2KDConfig, feature_teacher
 from m2kd.runtime.old_class_features import OldClassSampler, ridge_map, transported
+from m2kd.runtime.reconstruct import model_of_step
 from m2kd.trainer.orders import named_order
 from m2kd.trainer.protocol import Protocol, run_protocol
 from tests.conftest import fast_config
@@ -88,3 +89,31 @@ def test_feature_distillation_is_the_batch_mean_of_squared_distances():
 def test_a_feature_distillation_weight_that_is_not_a_number_above_zero_is_refused(weight):
     with pytest.raises(ConfigError, match="feature distillation"):
         M2KD(M2KDConfig(feature_distillation=weight))
+
+
+def test_the_feature_teacher_normalises_by_the_batch_and_keeps_its_running_statistics(
+        three_step_bundle, digits):
+    """"batch": the previous model computes features as the training student does (batch
+    statistics) and a forward never moves its running statistics; "running": eval mode."""
+    bundle = three_step_bundle[-1]
+    images = digits.train_images[:32]
+    running = {k: v.clone() for k, v in model_of_step(bundle).state_dict().items()
+               if "running" in k}
+    teacher = feature_teacher(model_of_step(bundle), "batch")
+    with torch.no_grad():
+        features = teacher(images).features
+        teacher(images[:8])  # another batch: its statistics must not stay behind
+        as_training = model_of_step(bundle).train()(images).features
+        in_eval = model_of_step(bundle)(images).features
+        assert torch.allclose(features, as_training, atol=1e-5)
+        assert not torch.allclose(features, in_eval, atol=1e-3)
+        for name, value in teacher.state_dict().items():
+            if "running" in name:
+                assert torch.equal(value, running[name]), name
+        assert torch.equal(feature_teacher(model_of_step(bundle), "running")(images).features,
+                           in_eval)
+
+
+def test_feature_statistics_other_than_batch_or_running_are_refused():
+    with pytest.raises(ConfigError, match="feature_statistics must be 'batch' or 'running'"):
+        M2KD(M2KDConfig(feature_statistics="mean"))

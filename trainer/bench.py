@@ -67,8 +67,11 @@ RECIPE_FIELDS = ("epochs", "lr", "batch_size", "momentum", "weight_decay", "late
                  "base_rotations", "teachers_see_shift", "classifier", "seed")
 # How runs written before a field existed were run (other absent fields are not compared).
 RUN_BEFORE_THE_FIELD = {"base_rotations": False, "teachers_see_shift": False}
-# How runs written before a method parameter existed were run (M2KD's, session 15).
-PARAMS_BEFORE_THE_FIELD = {"old_features": 0.0, "feature_distillation": 0.0}
+# How runs written before a method parameter existed were run (M2KD's, sessions 15-16).
+PARAMS_BEFORE_THE_FIELD = {"old_features": 0.0, "feature_distillation": 0.0,
+                           "feature_statistics": "running"}
+# Method parameters that change nothing unless another is set, compared only then.
+PARAM_MATTERS = {"feature_statistics": lambda params: params.get("feature_distillation", 0) > 0}
 # Fields that change nothing under some augmentations, and are compared only where they do.
 FIELD_MATTERS = {"teachers_see_shift": lambda config: config["augment"] == "shift"}
 
@@ -90,7 +93,8 @@ def _check_same_run(result: dict, arch: str, config: StepConfig, path: Path,
         absent = {k: v for k, v in PARAMS_BEFORE_THE_FIELD.items() if k in method_params}
         stored_params = {**absent, **stored_params}
         field = next((k for k in sorted({*stored_params, *method_params})
-                      if stored_params.get(k) != method_params.get(k)), None)
+                      if PARAM_MATTERS.get(k, lambda _: True)(method_params)
+                      and stored_params.get(k) != method_params.get(k)), None)
         if field is not None:
             raise ConfigError(f"{path} was run with {result['method']}'s {field}="
                               f"{stored_params.get(field)!r}, not "
