@@ -121,6 +121,11 @@ class Bundle:
         return len(self.steps)
 
     @property
+    def has_class_statistics(self) -> bool:
+        """Every step stores its classes' statistics (format v2 on; v1 bundles do not)."""
+        return all("base" in record.stats for record in self.steps)
+
+    @property
     def classes(self) -> list[str]:
         return self.classes_up_to(self.num_steps)
 

@@ -591,7 +591,7 @@ def _append_step(previous: Bundle | None, ctx: StepContext, masks: dict[str, tor
 def _classifier_of(previous: Bundle | None, config: StepConfig) -> dict:
     """The configured classifier; the head for a bundle whose earlier steps have no class
     statistics (a v1 bundle: its old classes can only be told apart by the head)."""
-    if previous is not None and any("base" not in rec.stats for rec in previous.steps):
+    if previous is not None and not previous.has_class_statistics:
         return classifier_config("head")
     return classifier_config(config.classifier)
 

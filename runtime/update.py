@@ -67,7 +67,7 @@ def method_for(bundle: Bundle, classifier: str, method: str | None = None) -> st
     """`method`, or by default m2kd_pass where the step's classifier is the sigmoid head
     (which needs it to learn) and m2kd otherwise. PASS samples the old classes from
     their statistics, which bundles written before v2 lack."""
-    has_stats = all("base" in rec.stats for rec in bundle.steps)
+    has_stats = bundle.has_class_statistics
     if method is None:
         return "m2kd_pass" if classifier == "head" and has_stats else "m2kd"
     if method not in ON_DEVICE_METHODS:
