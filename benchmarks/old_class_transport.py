@@ -40,7 +40,7 @@ def mean_errors(bundle, data, ridges: list[float]) -> dict[str, float]:
                                       **{f"ridge {r:g}": [] for r in ridges}}
     for step in range(1, last):
         source = tukey(pooled_features(model_of_step(bundle, step), x, "cpu")).double()
-        stats = own_stats(bundle, step)
+        stats = own_stats(bundle, step).last_dims(source.shape[1])
         moved = {"stale": stats.mean.double(),
                  "shift": stats.mean.double() + target[fit].mean(0) - source[fit].mean(0)}
         for r in ridges:

@@ -9,7 +9,8 @@ torch model of the same architecture (random weights, BatchNorm folded, channels
 on the CPU like the runtime; also shown in NCHW); the per-step
 and all-steps ONNX graphs against that plain model exported the same way.
 Usage: python benchmarks/onnx_latency.py [--bundle B] [--arch resnet32] [--repeats 50]
-Without --bundle it builds a 3-step bundle of random data (cost, not accuracy).
+Without --bundle it builds a 3-step bundle of random data (cost, not accuracy), and
+times `stats-base` also on the same bundle built with last-stage statistics only.
 """
 
 from __future__ import annotations
@@ -36,12 +37,13 @@ from m2kd.runtime.m2kd import M2KD
 from m2kd.runtime.reconstruct import model_of_step
 
 
-def synthetic_bundle(arch: str, steps: int):
+def synthetic_bundle(arch: str, steps: int, stats_features: str = StepConfig.stats_features):
     spec = InputSpec(3, 32, 32, (0.5,) * 3, (0.25,) * 3)
     bundle, g = None, torch.Generator().manual_seed(0)
     for k in range(steps):
         data = StepData(torch.randn(64, 3, 32, 32, generator=g), torch.arange(64) % 10 + 10 * k)
-        cfg = StepConfig(epochs=1, lr=0.1, device="cpu", progress=False)
+        cfg = StepConfig(epochs=1, lr=0.1, device="cpu", progress=False,
+                         stats_features=stats_features)
         bundle, _ = run_step(bundle, data, [f"c{k}_{i}" for i in range(10)], M2KD(), cfg,
                              arch=arch, input_spec=spec)
     return bundle
@@ -117,6 +119,9 @@ def main() -> None:
         variant = copy.copy(bundle)
         variant.classifier = classifier_config(kind)
         torch_models[f"runtime {kind}"] = Runtime(variant, device="cpu").scorer(k)
+    if not args.bundle:  # the same training, statistics of the last stage only (64-d)
+        last = synthetic_bundle(args.arch, 3, "last")
+        torch_models["stats-base, last"] = Runtime(last, device="cpu").scorer(k)
     rows = {}
     for batch in (1, 64):
         x = torch.randn(batch, s.channels, s.height, s.width)

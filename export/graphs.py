@@ -24,7 +24,7 @@ from torch import nn
 
 from m2kd.runtime.backbones import BasicBlock
 from m2kd.runtime.bundle import Bundle
-from m2kd.runtime.class_stats import tukey
+from m2kd.runtime.class_stats import statistics_features, tukey
 from m2kd.runtime.fold_batchnorm import fold_batchnorm
 from m2kd.runtime.classifier import LINEAR_KINDS, base_classifier, build_classifier, combine, \
     feature_steps, fecam_term
@@ -54,6 +54,7 @@ class StepGraph(nn.Module):
         self.models = nn.ModuleList(fold_batchnorm(model_of_step(bundle, j)).to(dtype)
                                     for j in feature_steps(bundle, step))
         self.classifier = build_classifier(bundle, step)  # fp32: distances need the range
+        self.stats_features = bundle.statistics_features
         spec = bundle.input_spec
         self.pre = Preprocess(spec.mean, spec.std, dtype) if preprocess else None
         self.dtype = dtype
@@ -63,7 +64,8 @@ class StepGraph(nn.Module):
         if self.classifier is None:
             logits = self.models[0](x).logits.float()
         else:
-            logits = self.classifier([m(x).features.float() for m in self.models])
+            logits = self.classifier([statistics_features(m(x), self.stats_features).float()
+                                      for m in self.models])
         return logits, torch.softmax(logits, dim=1)
 
 
@@ -115,6 +117,7 @@ class AllStepsGraph(nn.Module):
         spec = bundle.classifier
         self.feature_steps = [] if spec.get("kind") == "head" \
             else feature_steps(bundle, bundle.num_steps)
+        self.stats_features = bundle.statistics_features
         self.classifier = build_classifier(bundle, bundle.num_steps) \
             if spec.get("kind") == "fecam" else None
         self.linear = spec.get("kind") in LINEAR_KINDS
@@ -158,8 +161,8 @@ class AllStepsGraph(nn.Module):
         idx = self._index(step)
         pad = self.class_pad.index_select(0, idx)[0]
         # statistics classifiers read fixed snapshots; the step picks the classes
-        features = [self._features(x, torch.full_like(step, j), torch.full_like(idx, j - 1))
-                    for j in self.feature_steps]
+        features = [self._features(x, torch.full_like(step, j), torch.full_like(idx, j - 1),
+                                   self.stats_features) for j in self.feature_steps]
         if self.linear:
             bias = self.lin_b.index_select(0, idx)[0]
             logits = tukey(features[0], self.beta) @ self.lin_w.index_select(0, idx)[0].t() + bias
@@ -176,12 +179,16 @@ class AllStepsGraph(nn.Module):
         valid = torch.isfinite(bias)
         return logits, torch.softmax(logits, dim=1), valid
 
-    def _features(self, x: torch.Tensor, step: torch.Tensor, idx: torch.Tensor):
+    def _features(self, x: torch.Tensor, step: torch.Tensor, idx: torch.Tensor,
+                  kind: str = "last"):
+        """Pooled features of the step's model: `statistics_features` of `kind`."""
         t = self.template
         h = torch.relu(self._conv_bn(x, "stem.0.weight", "stem.1", t.stem[0], step, idx))
         if len(t.stem) > 3:
             h = t.stem[3](h)
+        pooled = []
         for s, stage in enumerate(t.stages):
             for b, block in enumerate(stage):
                 h = self._block(h, f"stages.{s}.{b}", block, step, idx)
-        return h.mean(dim=(2, 3))
+            pooled.append(h.mean(dim=(2, 3)))
+        return pooled[-1] if kind == "last" else torch.cat(pooled, dim=1)

@@ -21,7 +21,7 @@ from safetensors.torch import save as safetensors_save
 
 from .atomic import atomic_write_bytes
 from .backbones import BACKBONES, batchnorm_state, create_backbone, masked_parameter_names
-from .class_stats import ClassStats, packed_size
+from .class_stats import STATS_FEATURES, ClassStats, packed_size, statistics_dim
 from .errors import BundleError, BundleFormatError, BundleIntegrityError, BundleVersionError
 from .mask_packing import MASK_CODINGS, decode_mask, encode_mask, mask_bits_for
 from .probe_inputs import PROBE_SEED, seeded_probe_input
@@ -102,6 +102,13 @@ class Bundle:
     # Step-private tensors (runtime/step_precision.py): "float16" stores each one at 16 bits
     # where that is lossless; "float32" as is (None: float16).
     step_dtype: str | None = None
+    # The features the class statistics describe (runtime/class_stats.py): "stages" or
+    # "last"; fixed by the base step. None: "last" (every bundle written before session 17).
+    stats_features: str | None = None
+
+    @property
+    def statistics_features(self) -> str:
+        return self.stats_features or "last"
 
     @property
     def stored_mask_bits(self) -> int:
@@ -187,6 +194,8 @@ def _to_safetensors(bundle: Bundle, checksum: str) -> tuple[dict[str, torch.Tens
         metadata["mask_coding"] = coding
     if bundle.stored_step_dtype == STEP_DTYPE_NAME:  # absent = float32, likewise
         metadata["step_dtype"] = STEP_DTYPE_NAME
+    if bundle.statistics_features != "last":  # absent = last, likewise
+        metadata["stats_features"] = bundle.statistics_features
     if derived_probes:  # absent: every step stores its probe input
         metadata["probe_seed"] = str(PROBE_SEED)
     return tensors, metadata
@@ -353,8 +362,12 @@ def _stored_form(metadata: dict) -> dict:
     if step_dtype not in ("float32", STEP_DTYPE_NAME):
         raise BundleFormatError(f"metadata 'step_dtype' must be float32 or "
                                 f"{STEP_DTYPE_NAME}, got {step_dtype!r}")
+    stats_features = metadata.get("stats_features", "last")
+    if stats_features not in STATS_FEATURES:
+        raise BundleFormatError(f"metadata 'stats_features' must be one of "
+                                f"{', '.join(STATS_FEATURES)}, got {stats_features!r}")
     return {"mask_bits": int(bits), "mask_coding": coding,
-            "step_dtype": step_dtype}
+            "step_dtype": step_dtype, "stats_features": stats_features}
 
 
 def _seeded_probe(seed: str, spec: InputSpec) -> torch.Tensor:
@@ -415,6 +428,9 @@ def validate(bundle: Bundle) -> None:
     names = bundle.classes
     if len(set(names)) != len(names) or any(not rec.classes for rec in bundle.steps):
         raise BundleFormatError("class names must be unique and every step must add classes")
+    if bundle.statistics_features not in STATS_FEATURES:
+        raise BundleFormatError(f"stats_features must be one of {', '.join(STATS_FEATURES)}, "
+                                f"got {bundle.statistics_features!r}")
     skeleton = _skeleton(bundle.arch, bundle.input_spec.channels)
     _check_weights(bundle, skeleton)
     bn_shapes = {n: t.shape for n, t in batchnorm_state(skeleton).items()}
@@ -475,8 +491,9 @@ def _check_step(k: int, rec: StepRecord, bundle: Bundle, bn_shapes: dict, skelet
     _expect(rec.probe_input, (PROBE_BATCH, spec.channels, spec.height, spec.width),
             torch.float32, f"{p}probe.input")
     _expect(rec.probe_logits, (PROBE_BATCH, n_seen), torch.float32, f"{p}probe.logits")
+    dim = statistics_dim(BACKBONES[bundle.arch].widths, bundle.statistics_features)
     for space, stats in rec.stats.items():
-        _check_stats(f"{p}stats.{space}", stats, len(rec.classes), skeleton.feature_dim)
+        _check_stats(f"{p}stats.{space}", stats, len(rec.classes), dim)
 
 
 def _check_stats(what: str, stats: ClassStats, n: int, dim: int) -> None:

@@ -4,6 +4,12 @@ They are computed once, from the class's own images, in the step that learns it,
 in the feature space of an exact snapshot (a model the bundle rebuilds bit for bit),
 so they never go stale: no image is kept, and no later step changes them.
 
+Which features: the pooled output of the last stage (`last`, the head's input; every
+bundle written before session 17) or of every stage, concatenated from the first to the
+last (`stages`, the default since session 17: the earlier stages describe more than
+what separated the base classes; docs/methods.md, "Statistics of every stage"). A
+bundle fixes the kind in its base step (`Bundle.stats_features`).
+
 Features are Tukey-transformed first (`phi(f) = f ** beta`, FeCAM Sec. 3.3; pooled
 ReLU features are non-negative), which makes class distributions closer to Gaussian.
 Covariances are stored as their packed upper triangle (D (D + 1) / 2 values).
@@ -21,6 +27,26 @@ from .devices import fast_memory_format, inference_batch_size
 from .inference import run_in_batches
 
 TUKEY_BETA = 0.5
+STATS_FEATURES = ("stages", "last")  # the first is the default of new bundles
+
+
+def statistics_features(output, kind: str) -> torch.Tensor:
+    """The features class statistics describe, from a BackboneOutput: the pooled last
+    stage (`last`) or every stage's pooled output concatenated, the last stage last
+    (`stages`), so `last_stage` finds the head's input in either."""
+    if kind == "last":
+        return output.features
+    return torch.cat([stage.mean(dim=(2, 3)) for stage in output.stages], dim=1)
+
+
+def statistics_dim(widths: tuple[int, ...], kind: str) -> int:
+    """Dimension of the statistics' features for a backbone of stage widths `widths`."""
+    return widths[-1] if kind == "last" else sum(widths)
+
+
+def last_stage(features: torch.Tensor, feature_dim: int) -> torch.Tensor:
+    """The pooled last stage (the head's input) of statistics features of either kind."""
+    return features[..., -feature_dim:]
 
 
 def tukey(features: torch.Tensor, beta: float = TUKEY_BETA) -> torch.Tensor:
@@ -68,6 +94,14 @@ class ClassStats:
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in (self.count, self.mean, self.cov))
+
+    def last_dims(self, d: int) -> ClassStats:
+        """The statistics of the last `d` features only (mean and covariance sub-block):
+        the last stage's of `stages` statistics."""
+        if d == self.dim:
+            return self
+        cov = self.covariances()[:, -d:, -d:]
+        return ClassStats(self.count, self.mean[:, -d:].contiguous(), pack(cov).contiguous())
 
     @staticmethod
     def concat(parts: list[ClassStats]) -> ClassStats:
@@ -125,12 +159,15 @@ def statistics_of(features: torch.Tensor, labels: torch.Tensor, classes: list[in
 
 
 @torch.no_grad()
-def pooled_features(model: nn.Module, images: torch.Tensor, device) -> torch.Tensor:
-    """The pooled last-stage features of `model` (eval mode) for `images`, on the CPU, run
-    in the device's fastest layout (on a copy there, so `model` keeps its own)."""
+def pooled_features(model: nn.Module, images: torch.Tensor, device, kind: str = "last"
+                    ) -> torch.Tensor:
+    """The pooled features (`statistics_features` of `kind`) of `model` (eval mode) for
+    `images`, on the CPU, run in the device's fastest layout (on a copy there, so `model`
+    keeps its own)."""
     device = torch.device(device)
     layout = fast_memory_format(device)
     model = model.eval() if layout == torch.contiguous_format else \
         copy.deepcopy(model).eval().to(memory_format=layout)
-    return run_in_batches(lambda x: model(x.contiguous(memory_format=layout)).features.float(),
-                          images, device, inference_batch_size(device))
+    return run_in_batches(
+        lambda x: statistics_features(model(x.contiguous(memory_format=layout)), kind).float(),
+        images, device, inference_batch_size(device))

@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from .bundle import Bundle
-from .class_stats import TUKEY_BETA, ClassStats, with_covariance_prior
+from .class_stats import TUKEY_BETA, ClassStats, statistics_features, with_covariance_prior
 from .classifier_option import CLASSIFIERS
 from .devices import fast_memory_format
 from .errors import BundleFormatError, ConfigError
@@ -262,18 +262,21 @@ class StepScorer(nn.Module):
     format its convolutions take their input in (runtime/devices.py)."""
 
     def __init__(self, models: list[nn.Module], classifier: nn.Module | None,
-                 layout: torch.memory_format = torch.contiguous_format):
+                 layout: torch.memory_format = torch.contiguous_format,
+                 stats_features: str = "last"):
         super().__init__()
         self.models = nn.ModuleList(models)
         self.classifier = classifier
         self.layout = layout
+        self.stats_features = stats_features  # what the classifier's statistics describe
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.layout != torch.contiguous_format:
             x = x.contiguous(memory_format=self.layout)
         if self.classifier is None:
             return self.models[0](x).logits
-        return self.classifier([m(x).features.float() for m in self.models])
+        return self.classifier([statistics_features(m(x), self.stats_features).float()
+                                for m in self.models])
 
 
 def scorer_of_step(bundle: Bundle, step: int | None = None, device: str | torch.device = "cpu",
@@ -290,5 +293,6 @@ def scorer_of_step(bundle: Bundle, step: int | None = None, device: str | torch.
     if fold:
         models = [fold_batchnorm(m) for m in models]
         layout = fast_memory_format(device)
-    scorer = StepScorer(models, build_classifier(bundle, step), layout)
+    scorer = StepScorer(models, build_classifier(bundle, step), layout,
+                        bundle.statistics_features)
     return scorer.to(device).to(memory_format=layout).eval()

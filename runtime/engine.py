@@ -34,7 +34,8 @@ from .devices import fast_memory_format, resolve_device
 from .distributed import all_reduce_sum, broadcast_buffers, check_identical, shard_indices, \
     wrap, world
 from .errors import ConfigError, DataError, InvariantError
-from .class_stats import ClassStats, Moments, moments_of, pooled_features
+from .class_stats import STATS_FEATURES, ClassStats, Moments, last_stage, moments_of, \
+    pooled_features
 from .classifier import CLASSIFIERS, classifier_config
 from .inference import run_in_batches
 from .losses import REDUCTIONS
@@ -87,6 +88,10 @@ class StepConfig:
     # snapshot), the other statistics classifiers, or "head" (the paper's sigmoid head).
     # Statistics are stored either way.
     classifier: str = "stats-base"
+    # The features class statistics describe (runtime/class_stats.py): "stages" (every
+    # stage's pooled output) or "last" (the head's input). Only a base step reads it: a
+    # bundle keeps the kind its base step chose (`Bundle.stats_features`).
+    stats_features: str = STATS_FEATURES[0]
     device: str = "auto"
     # bf16 autocast of the forward pass and losses on CUDA ("auto": when the GPU supports
     # bf16); no loss scaling is needed with bf16. Teachers, pruning, probes stay fp32.
@@ -112,6 +117,9 @@ class StepConfig:
         if self.classifier not in CLASSIFIERS:
             raise ConfigError(f"classifier must be one of {', '.join(CLASSIFIERS)}, "
                               f"got {self.classifier!r}")
+        if self.stats_features not in STATS_FEATURES:
+            raise ConfigError(f"stats_features must be one of {', '.join(STATS_FEATURES)}, "
+                              f"got {self.stats_features!r}")
         if self.schedule not in ("cosine", "step"):
             raise ConfigError(f"schedule must be 'cosine' or 'step', got {self.schedule!r}")
         if self.loss_reduction not in REDUCTIONS:
@@ -514,16 +522,18 @@ def what_the_step_learned(ctx: StepContext) -> tuple[float, dict[str, ClassStats
     its logits are its head over them, so the new images go through it once."""
     images, labels = _new_class_data(ctx)
     classes = list(range(ctx.n_old, ctx.n_seen))
-    features = pooled_features(ctx.model, images, ctx.device)
+    kind = statistics_features_of(ctx.previous, ctx.config)
+    features = pooled_features(ctx.model, images, ctx.device, kind)
     spaces = {"base": features} if ctx.step == 1 else \
-        {"base": pooled_features(ctx.teacher_model(1), images, ctx.device), "own": features}
+        {"base": pooled_features(ctx.teacher_model(1), images, ctx.device, kind), "own": features}
     stats = {}
     for space, space_features in spaces.items():
         moments = moments_of(space_features, labels, classes)
         stats[space] = Moments(*(all_reduce_sum(t) for t in moments.tensors())).statistics()
         round_in_place(stats[space].mean)  # stored at 16 bits (runtime/step_precision.py)
         round_in_place(stats[space].cov)
-    accuracy = _head_accuracy(ctx.model, features, labels, ctx.device)
+    accuracy = _head_accuracy(ctx.model, last_stage(features, ctx.model.feature_dim), labels,
+                              ctx.device)
     ctx.model.train()
     return accuracy, stats
 
@@ -585,7 +595,13 @@ def _append_step(previous: Bundle | None, ctx: StepContext, masks: dict[str, tor
         steps=(previous.steps if previous else []) + [record],
         method=info,
         classifier=_classifier_of(previous, config),
+        stats_features=statistics_features_of(previous, config),
     )
+
+
+def statistics_features_of(previous: Bundle | None, config: StepConfig) -> str:
+    """The bundle's kind of statistics features: the base step's configured one."""
+    return previous.statistics_features if previous is not None else config.stats_features
 
 
 def _classifier_of(previous: Bundle | None, config: StepConfig) -> dict:

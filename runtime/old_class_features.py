@@ -91,9 +91,11 @@ class OldClassSources:
     def of(previous: Bundle, teacher_model: Callable[[int], nn.Module], images: torch.Tensor,
            device) -> OldClassSources:
         steps = range(1, previous.num_steps + 1)
-        return OldClassSources(
-            [own_stats(previous, s) for s in steps],
-            [tukey(pooled_features(teacher_model(s), images, device)).double() for s in steps])
+        features = [tukey(pooled_features(teacher_model(s), images, device)).double()
+                    for s in steps]
+        # the head reads the last stage: of `stages` statistics, its block
+        return OldClassSources([own_stats(previous, s).last_dims(f.shape[1])
+                                for s, f in zip(steps, features)], features)
 
     def sampler_for(self, features: torch.Tensor) -> OldClassSampler:
         """Every old class moved into the space whose features of the same images are

@@ -41,6 +41,7 @@ def bundle_report(path: Path) -> dict:
         "mask_bits": bundle.stored_mask_bits,
         "mask_coding": bundle.stored_mask_coding,
         "step_dtype": bundle.stored_step_dtype,
+        "stats_features": bundle.statistics_features,
         "every_snapshot_bytes": snapshot_bytes(bundle),
         "free_fraction": sum(layer["free"] * layer["params"] for layer in layers) / total_params,
         "layers": layers,
@@ -65,6 +66,7 @@ def format_report(r: dict) -> str:
     lines += [f"  {'file':<10}{_mb(r['file_bytes'])}",
               f"  beyond the shared weights {_mb(r['extra_bytes'])} (masks at {r['mask_bits']} "
               f"bits, {r['mask_coding']}; step parts {r['step_dtype']})",
+              f"  statistics of {r.get('stats_features', 'last')} features",
               f"  without statistics {_mb(r['extra_bytes'] - r['bytes_by_part']['statistics'])} "
               f"(M2KD Table 2: {PAPER_EXTRA_MB} MB for ResNet-32, 10 CIFAR-100 steps)",
               f"  every step as its own fp32 model would take {_mb(r['every_snapshot_bytes'])} "

@@ -51,7 +51,8 @@ def test_the_base_step_trains_on_rotations_and_stores_only_its_real_classes(
     assert report.images_seen == 2 * 4 * len(data.labels)
     assert bundle.classes == names and bundle.steps[0].head["weight"].shape[0] == 2
     # the statistics are those of the unrotated images in the stored snapshot
-    features = pooled_features(model_of_step(bundle, 1), data.images, "cpu")
+    features = pooled_features(model_of_step(bundle, 1), data.images, "cpu",
+                               bundle.statistics_features)
     expected = statistics_of(features.double(), data.labels, [0, 1])
     stored = bundle.steps[0].stats["base"]
     for got, want in ((stored.mean, expected.mean), (stored.cov, expected.cov)):

@@ -173,3 +173,27 @@ def test_a_cached_pass_run_from_before_batch_statistics_is_not_taken_for_one_wit
     stored = {**stored, "method": "m2kd_proto",
               "method_params": {k: v for k, v in proto.items() if k != "feature_statistics"}}
     _check_same_run(stored, "resnet_small", config, tmp_path, proto)
+
+
+def test_a_cached_run_from_before_stage_statistics_is_refused_where_they_classify(tmp_path):
+    """Runs written before `stats_features` existed kept the last stage's statistics; that
+    changes a statistics classifier's numbers, not the head's."""
+    from dataclasses import asdict
+
+    import pytest
+
+    from m2kd.runtime.engine import StepConfig
+    from m2kd.runtime.errors import ConfigError
+    from m2kd.trainer.bench import _check_same_run
+
+    def written_before_the_field(config):
+        stored = json.loads(json.dumps(asdict(config)))
+        del stored["stats_features"]
+        return {"arch": "resnet_small", "config": stored}
+
+    stats, head = StepConfig(), StepConfig(classifier="head")
+    with pytest.raises(ConfigError, match="stats_features='last', not 'stages'"):
+        _check_same_run(written_before_the_field(stats), "resnet_small", stats, tmp_path)
+    _check_same_run(written_before_the_field(head), "resnet_small", head, tmp_path)
+    last = StepConfig(stats_features="last")
+    _check_same_run(written_before_the_field(last), "resnet_small", last, tmp_path)

@@ -10,8 +10,8 @@ import torch
 
 from m2kd.runtime.api import Runtime
 from m2kd.runtime.bundle import load_bundle, read_metadata, save_bundle
-from m2kd.runtime.class_stats import ClassStats, pack, pooled_features, statistics_of, tukey, \
-    unpack, with_covariance_prior
+from m2kd.runtime.class_stats import ClassStats, pack, pooled_features, statistics_features, \
+    statistics_of, tukey, unpack, with_covariance_prior
 from m2kd.runtime.classifier import COV_PRIOR, classifier_config, classifier_name, \
     describe_classifier, scorer_of_step, stats_up_to
 from m2kd.runtime.errors import BundleFormatError
@@ -100,7 +100,8 @@ def test_statistics_never_go_stale(three_step_bundle, digits):
     final = three_step_bundle[-1]
     (_, data), = steps_of(digits, 1)
     stored = final.steps[0].stats["base"]
-    feats = pooled_features(model_of_step(final, 1), data.images, "cpu")
+    feats = pooled_features(model_of_step(final, 1), data.images, "cpu",
+                            final.statistics_features)
     again = statistics_of(feats, data.labels, [0, 1])
     assert torch.equal(stored.count, again.count)
     assert_same_statistics(stored, again)
@@ -119,15 +120,21 @@ def test_own_space_statistics_are_those_of_the_exact_snapshot(three_step_bundle,
     final = three_step_bundle[-1]
     for k, (_, data) in enumerate(steps_of(digits, 3)[1:], start=2):
         new = [i for i, c in enumerate(final.classes) if c in final.steps[k - 1].classes]
-        feats = pooled_features(model_of_step(final, k), data.images, "cpu")
+        feats = pooled_features(model_of_step(final, k), data.images, "cpu",
+                                final.statistics_features)
         again = statistics_of(feats, data.labels, new)
         assert_same_statistics(final.steps[k - 1].stats["own"], again)
+
+
+def features_of(bundle, k, x):
+    """What the bundle's statistics describe, of snapshot k (runtime/class_stats.py)."""
+    return statistics_features(model_of_step(bundle, k)(x), bundle.statistics_features)
 
 
 def _own(bundle, x, step):
     """FeCAM of each step's classes in that step's own snapshot."""
     return torch.cat([FeCAM(rec.stats["own" if k > 1 else "base"], 0.5)(
-        model_of_step(bundle, k)(x).features) for k, rec in enumerate(bundle.steps[:step], 1)], 1)
+        features_of(bundle, k, x)) for k, rec in enumerate(bundle.steps[:step], 1)], 1)
 
 
 def _base_stats(bundle, step):
@@ -141,7 +148,7 @@ def _by_hand(bundle, x, step):
     """`stats`: pseudo-feature head on base features + FeCAM in each own space, added
     as log-probabilities."""
     head = LinearOnStats(*pseudo_feature_head(_base_stats(bundle, step)), beta=0.5)
-    base = head(model_of_step(bundle, 1)(x).features)
+    base = head(features_of(bundle, 1, x))
     return base.log_softmax(1) + _own(bundle, x, step).log_softmax(1)
 
 
@@ -163,7 +170,7 @@ def test_runtime_predicts_with_the_statistics_classifier(three_step_bundle, digi
 def test_fecam_classifiers_read_the_spaces_they_name(three_step_bundle, digits):
     bundle = copy.copy(three_step_bundle[-1])
     x = digits.test_images[:16]
-    base = FeCAM(_base_stats(bundle, 3), 0.5, scale_classes=2)(model_of_step(bundle, 1)(x).features)
+    base = FeCAM(_base_stats(bundle, 3), 0.5, scale_classes=2)(features_of(bundle, 1, x))
     bundle.classifier = classifier_config("fecam-base")
     scorer = scorer_of_step(bundle, 3)
     assert len(scorer.models) == 1
@@ -179,7 +186,7 @@ def test_stats_base_adds_the_pseudo_head_and_base_fecam_in_one_pass(three_step_b
     bundle = copy.copy(three_step_bundle[-1])
     bundle.classifier = classifier_config("stats-base")
     x = digits.test_images[:16]
-    features = model_of_step(bundle, 1)(x).features
+    features = features_of(bundle, 1, x)
     head = LinearOnStats(*pseudo_feature_head(_base_stats(bundle, 3)), beta=0.5)(features)
     fecam = FeCAM(_base_stats(bundle, 3), 0.5, scale_classes=2)(features)
     scorer = scorer_of_step(bundle, 3)
@@ -278,7 +285,7 @@ def test_bundles_written_before_the_covariance_prior_classify_as_they_did(digits
     assert "cov_prior" not in old.classifier
     assert classifier_name(old.classifier) == "fecam-base (no cov_prior)"
     x = digits.test_images[:16]
-    features = model_of_step(old, 1)(x).features
+    features = features_of(old, 1, x)
     unchanged = FeCAM(stats_up_to(old, 2), 0.5, scale_classes=2)(features)
     assert torch.allclose(scorer_of_step(old, 2)(x), unchanged, atol=1e-5)
     renewed = Runtime(old, device="cpu").using_classifier("fecam-base").bundle

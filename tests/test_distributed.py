@@ -60,7 +60,8 @@ def test_statistics_reduced_across_ranks_equal_one_process(ddp_run):
     head = {c: i for i, c in enumerate(order)}
     for k, (lo, hi) in enumerate([(0, 6), (6, 8)], start=1):
         new = step_data(data.train_images, data.train_labels, order[lo:hi], head)
-        feats = pooled_features(model_of_step(bundle, 1), new.images, "cpu")
+        feats = pooled_features(model_of_step(bundle, 1), new.images, "cpu",
+                                bundle.statistics_features)
         again = statistics_of(feats, new.labels, list(range(lo, hi)))
         assert_same_statistics(bundle.steps[k - 1].stats["base"], again)
 

@@ -64,16 +64,20 @@ def run_grid(preset: Preset, methods: list[str], seeds: list[int], out: Path,
 RECIPE_FIELDS = ("epochs", "lr", "batch_size", "momentum", "weight_decay", "later_weight_decay",
                  "schedule", "lr_milestones", "lr_gamma", "loss_reduction", "prune_ratio",
                  "finetune_epochs", "finetune_share", "finetune_inside", "augment",
-                 "base_rotations", "teachers_see_shift", "classifier", "seed")
+                 "base_rotations", "teachers_see_shift", "classifier", "stats_features",
+                 "seed")
 # How runs written before a field existed were run (other absent fields are not compared).
-RUN_BEFORE_THE_FIELD = {"base_rotations": False, "teachers_see_shift": False}
+RUN_BEFORE_THE_FIELD = {"base_rotations": False, "teachers_see_shift": False,
+                        "stats_features": "last"}
 # How runs written before a method parameter existed were run (M2KD's, sessions 15-16).
 PARAMS_BEFORE_THE_FIELD = {"old_features": 0.0, "feature_distillation": 0.0,
                            "feature_statistics": "running"}
 # Method parameters that change nothing unless another is set, compared only then.
 PARAM_MATTERS = {"feature_statistics": lambda params: params.get("feature_distillation", 0) > 0}
 # Fields that change nothing under some augmentations, and are compared only where they do.
-FIELD_MATTERS = {"teachers_see_shift": lambda config: config["augment"] == "shift"}
+FIELD_MATTERS = {"teachers_see_shift": lambda config: config["augment"] == "shift",
+                 # the head reads the last stage whatever the statistics describe
+                 "stats_features": lambda config: config["classifier"] != "head"}
 
 
 def _method_params(name: str) -> dict:

@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from m2kd.runtime.augment_option import AUGMENTATIONS, augment_option
+from m2kd.runtime.class_stats import STATS_FEATURES
 from m2kd.runtime.classifier_option import classifier_option
 
 from m2kd.runtime.engine import StepConfig
@@ -24,6 +25,11 @@ teachers_see_shift_option = click.option(
     show_default=True, help="With --augment shift: teachers distil from the shifted image "
     "the student sees (per batch), or from the image unshifted (once per step; sessions "
     "9-10).")
+stats_features_option = click.option(
+    "--stats-features", type=click.Choice(STATS_FEATURES), default=_DEFAULTS.stats_features,
+    show_default=True, help="What the class statistics describe: every stage's pooled "
+    "output (stages; 112 values per image on the CIFAR ResNets, 3x the statistics bytes) or "
+    "the last stage's, the head's input (last). Fixed by the base step.")
 
 
 @click.command()
@@ -62,6 +68,7 @@ teachers_see_shift_option = click.option(
                 "natural images, shift (up to 2 pixels) for MNIST, none for 8x8 digits).")
 @base_rotations_option
 @teachers_see_shift_option
+@stats_features_option
 @classifier_option
 @click.option("--exemplars-per-class", default=20, show_default=True,
               type=click.IntRange(min=1), help="Memory of exemplar methods (icarl, ...).")
@@ -77,8 +84,8 @@ teachers_see_shift_option = click.option(
 @click.option("--progress/--no-progress", default=True, show_default=True)
 def train(dataset, root, train_per_class, image_size, arch, method, order_seed, base_classes,
           increment, max_steps, recipe, epochs, finetune_epochs, lr, batch_size, prune_ratio,
-          augment, base_rotations, teachers_see_shift, classifier, exemplars_per_class, device,
-          seed, out, skip_bad, nproc, progress):
+          augment, base_rotations, teachers_see_shift, stats_features, classifier,
+          exemplars_per_class, device, seed, out, skip_bad, nproc, progress):
     """Train step by step on a dataset and write the bundle and results.json."""
     from m2kd.runtime.devices import resolve_device
     from m2kd.runtime.distributed import init_from_environment, is_main
@@ -107,7 +114,8 @@ def train(dataset, root, train_per_class, image_size, arch, method, order_seed, 
         finetune_epochs=finetune_epochs,
         augment=data.default_augment if augment == "auto" else augment,
         base_rotations=base_rotations, teachers_see_shift=teachers_see_shift,
-        classifier=classifier, device=device, seed=seed, progress=progress)
+        stats_features=stats_features, classifier=classifier, device=device, seed=seed,
+        progress=progress)
     echo(f"{data.name}: {data.num_classes} classes, {len(data.train_labels)} train / "
          f"{len(data.test_labels)} test images, {len(protocol.steps())} steps, "
          f"method {method}, device {resolve_device(device)}, class order "
@@ -174,12 +182,13 @@ def samples(dataset, out, per_class, classes, split, flat, seed):
 @click.option("--arch", help="Override the preset's backbone (e.g. resnet32).")
 @base_rotations_option
 @teachers_see_shift_option
+@stats_features_option
 @click.option("--device", default="auto", show_default=True)
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True)
 @click.option("--cached-only", is_flag=True,
               help="Only report runs already in OUT; run nothing new.")
 def bench(preset, methods, seeds, root, epochs, finetune_epochs, lr, arch, base_rotations,
-          teachers_see_shift, device, out, cached_only):
+          teachers_see_shift, stats_features, device, out, cached_only):
     """Run methods x seeds on a preset; write report.md (mean ± std) and plots."""
     import shlex
     import sys
@@ -207,8 +216,9 @@ def bench(preset, methods, seeds, root, epochs, finetune_epochs, lr, arch, base_
     config = recipe_config(p.recipe, epochs=p.epochs, lr=p.lr, batch_size=p.batch_size,
                            finetune_epochs=finetune_epochs, augment="auto",
                            base_rotations=base_rotations,
-                           teachers_see_shift=teachers_see_shift, classifier="head",
-                           device=device, progress=False)
+                           teachers_see_shift=teachers_see_shift,
+                           stats_features=stats_features, classifier="head", device=device,
+                           progress=False)
     out.mkdir(parents=True, exist_ok=True)
     results = run_grid(p, names, seed_list, out, config, str(root) if root else None,
                        log=click.echo, cached_only=cached_only)

@@ -32,7 +32,8 @@ def few_image_bundle(bundle: Bundle, data: Dataset, order: list[int], n: int,
     picked = torch.cat(list(draw_per_class(data.train_labels, last, n, seed).values()))
     head = {c: i for i, c in enumerate(order)}
     labels = torch.tensor([head[int(c)] for c in data.train_labels[picked]])
-    features = pooled_features(model_of_step(bundle, 1), data.train_images[picked], "cpu")
+    features = pooled_features(model_of_step(bundle, 1), data.train_images[picked], "cpu",
+                               bundle.statistics_features)
     stats = statistics_of(features, labels, [head[c] for c in last])
     record = bundle.steps[-1]
     steps = [*bundle.steps[:-1], replace(record, stats={**record.stats, "base": stats})]
