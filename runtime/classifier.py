@@ -33,6 +33,7 @@ from dataclasses import replace
 import torch
 from torch import nn
 
+from .backbones import BACKBONES
 from .bundle import Bundle
 from .class_stats import TUKEY_BETA, ClassStats, statistics_features, with_covariance_prior
 from .classifier_option import CLASSIFIERS
@@ -159,7 +160,7 @@ class OwnSpaces(nn.Module):
     """FeCAM of each step's classes in that step's snapshot; takes the features of
     snapshots 1..k and returns (N, classes of steps 1..k)."""
 
-    def __init__(self, fecams: list[FeCAM]):
+    def __init__(self, fecams: list[nn.Module]):
         super().__init__()
         self.fecams = nn.ModuleList(fecams)
 
@@ -171,7 +172,7 @@ class BaseSpaceFeCAM(nn.Module):
     """FeCAM of every class in the base space, taking the same feature list as
     `OwnSpaces` (it reads only snapshot 1's)."""
 
-    def __init__(self, fecam: FeCAM):
+    def __init__(self, fecam: nn.Module):
         super().__init__()
         self.fecam = fecam
 
@@ -203,12 +204,32 @@ def combine(base: torch.Tensor, own: torch.Tensor, as_log_probs: bool) -> torch.
     return base + own
 
 
-def base_fecam(bundle: Bundle, step: int) -> FeCAM:
+class LastStageFeCAM(nn.Module):
+    """FeCAM on the last `dim` features only: of statistics of every stage, the last
+    stage's block. Measured as accurate as FeCAM on all 112 (docs/methods.md,
+    "Statistics of every stage") at the serving cost of 64-d: FeCAM reads one D x D
+    matrix per class, the linear heads one row."""
+
+    def __init__(self, fecam: FeCAM, dim: int):
+        super().__init__()
+        self.fecam, self.dim = fecam, dim
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.fecam(features[..., -self.dim:])
+
+
+def fecam_of(bundle: Bundle, stats: ClassStats, **kwargs) -> nn.Module:
+    """FeCAM with the classifier config's parameters, on the last stage's features
+    (`LastStageFeCAM`; the features themselves for `last` statistics)."""
+    spec, dim = bundle.classifier, BACKBONES[bundle.arch].widths[-1]
+    fecam = FeCAM(stats.last_dims(dim), float(spec["beta"]), float(spec.get("g1", 1)),
+                  float(spec.get("g2", 1)), **kwargs)
+    return fecam if stats.dim == dim else LastStageFeCAM(fecam, dim)
+
+
+def base_fecam(bundle: Bundle, step: int) -> nn.Module:
     """FeCAM of every class of steps 1..step in the base space."""
-    spec = bundle.classifier
-    return FeCAM(base_stats(bundle, step), float(spec["beta"]),
-                 float(spec.get("g1", 1)), float(spec.get("g2", 1)),
-                 scale_classes=len(bundle.steps[0].classes))
+    return fecam_of(bundle, base_stats(bundle, step), scale_classes=len(bundle.steps[0].classes))
 
 
 def base_classifier(bundle: Bundle, step: int) -> nn.Module:
@@ -234,9 +255,7 @@ def fecam_term(bundle: Bundle, step: int) -> nn.Module | None:
 
 
 def own_spaces(bundle: Bundle, step: int) -> OwnSpaces:
-    spec = bundle.classifier
-    return OwnSpaces([FeCAM(own_stats(bundle, k), float(spec["beta"]), float(spec.get("g1", 1)),
-                            float(spec.get("g2", 1))) for k in range(1, step + 1)])
+    return OwnSpaces([fecam_of(bundle, own_stats(bundle, k)) for k in range(1, step + 1)])
 
 
 def build_classifier(bundle: Bundle, step: int) -> StatsClassifier | None:

@@ -24,6 +24,7 @@ from tests.conftest import assert_same_statistics, steps_of
 
 GOLDEN_V1 = Path(__file__).parent / "data" / "golden-v1.safetensors"
 GOLDEN_V2 = Path(__file__).parent / "data" / "golden-v2.safetensors"
+LAST_DIM = 64  # resnet_small's last stage: the head's input
 GOLDEN_V2_CHECKSUM = "sha256:91c87cee582457335149e9db683153e1d541be75027037dc06463814882c5f55"
 
 
@@ -131,10 +132,17 @@ def features_of(bundle, k, x):
     return statistics_features(model_of_step(bundle, k)(x), bundle.statistics_features)
 
 
+def last_stage_fecam(stats, features, **kwargs):
+    """FeCAM as the classifiers run it: on the last stage's block of the statistics and
+    the features (the whole of `last` ones; runtime/classifier.py, LastStageFeCAM)."""
+    return FeCAM(stats.last_dims(LAST_DIM), 0.5, **kwargs)(features[..., -LAST_DIM:])
+
+
 def _own(bundle, x, step):
     """FeCAM of each step's classes in that step's own snapshot."""
-    return torch.cat([FeCAM(rec.stats["own" if k > 1 else "base"], 0.5)(
-        features_of(bundle, k, x)) for k, rec in enumerate(bundle.steps[:step], 1)], 1)
+    return torch.cat([last_stage_fecam(rec.stats["own" if k > 1 else "base"],
+                                       features_of(bundle, k, x))
+                      for k, rec in enumerate(bundle.steps[:step], 1)], 1)
 
 
 def _base_stats(bundle, step):
@@ -170,7 +178,7 @@ def test_runtime_predicts_with_the_statistics_classifier(three_step_bundle, digi
 def test_fecam_classifiers_read_the_spaces_they_name(three_step_bundle, digits):
     bundle = copy.copy(three_step_bundle[-1])
     x = digits.test_images[:16]
-    base = FeCAM(_base_stats(bundle, 3), 0.5, scale_classes=2)(features_of(bundle, 1, x))
+    base = last_stage_fecam(_base_stats(bundle, 3), features_of(bundle, 1, x), scale_classes=2)
     bundle.classifier = classifier_config("fecam-base")
     scorer = scorer_of_step(bundle, 3)
     assert len(scorer.models) == 1
@@ -188,7 +196,7 @@ def test_stats_base_adds_the_pseudo_head_and_base_fecam_in_one_pass(three_step_b
     x = digits.test_images[:16]
     features = features_of(bundle, 1, x)
     head = LinearOnStats(*pseudo_feature_head(_base_stats(bundle, 3)), beta=0.5)(features)
-    fecam = FeCAM(_base_stats(bundle, 3), 0.5, scale_classes=2)(features)
+    fecam = last_stage_fecam(_base_stats(bundle, 3), features, scale_classes=2)
     scorer = scorer_of_step(bundle, 3)
     assert len(scorer.models) == 1  # the base snapshot only: a plain model's pass
     assert torch.allclose(scorer(x), head.log_softmax(1) + fecam.log_softmax(1), atol=1e-4)

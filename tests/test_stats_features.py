@@ -12,6 +12,7 @@ import torch
 from m2kd.runtime.backbones import BACKBONES
 from m2kd.runtime.bundle import load_bundle, read_metadata, save_bundle, validate
 from m2kd.runtime.class_stats import pooled_features, statistics_dim, statistics_of
+from m2kd.runtime.classifier import LastStageFeCAM, scorer_of_step
 from m2kd.runtime.engine import StepConfig, run_step
 from m2kd.runtime.errors import BundleFormatError, ConfigError
 from m2kd.runtime.m2kd import M2KD
@@ -84,3 +85,16 @@ def test_an_unknown_kind_on_disk_is_refused(tmp_path):
 def test_an_unknown_kind_in_the_config_is_refused():
     with pytest.raises(ConfigError, match="stats_features must be one of stages, last"):
         StepConfig(stats_features="all").validate()
+
+
+def test_fecam_reads_the_last_stage_and_the_pseudo_head_every_stage(three_step_bundle):
+    """FeCAM's per-class D x D matrices are what a scorer reads per image: on the last
+    stage's 64 they cost what they did; the pseudo head (one row per class) takes all 112."""
+    scorer = scorer_of_step(three_step_bundle[-1], 3)  # stats-base: pseudo head + base FeCAM
+    fecam = scorer.classifier.own.fecam
+    assert isinstance(fecam, LastStageFeCAM) and fecam.dim == 64
+    assert scorer.classifier.base.weight.shape == (6, STAGES_DIM)
+    x = torch.randn(3, STAGES_DIM)
+    assert torch.equal(fecam(x), fecam.fecam(x[:, -64:]))
+    old = load_bundle(GOLDEN_V2)
+    assert not isinstance(scorer_of_step(old, 2).classifier.base, LastStageFeCAM)
