@@ -35,7 +35,8 @@ from torch import nn
 
 from .backbones import BACKBONES
 from .bundle import Bundle
-from .class_stats import TUKEY_BETA, ClassStats, statistics_features, with_covariance_prior
+from .class_stats import TUKEY_BETA, ClassStats, last_stage, statistics_features, \
+    with_covariance_prior
 from .classifier_option import CLASSIFIERS
 from .devices import fast_memory_format
 from .errors import BundleFormatError, ConfigError
@@ -215,7 +216,7 @@ class LastStageFeCAM(nn.Module):
         self.fecam, self.dim = fecam, dim
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.fecam(features[..., -self.dim:])
+        return self.fecam(last_stage(features, self.dim))
 
 
 def fecam_of(bundle: Bundle, stats: ClassStats, **kwargs) -> nn.Module:
