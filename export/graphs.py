@@ -24,7 +24,7 @@ from torch import nn
 
 from m2kd.runtime.backbones import BasicBlock
 from m2kd.runtime.bundle import Bundle
-from m2kd.runtime.class_stats import statistics_features, tukey
+from m2kd.runtime.class_stats import of_pooled_stages, statistics_features, tukey
 from m2kd.runtime.fold_batchnorm import fold_batchnorm
 from m2kd.runtime.classifier import LINEAR_KINDS, base_classifier, build_classifier, combine, \
     feature_steps, fecam_term
@@ -191,4 +191,4 @@ class AllStepsGraph(nn.Module):
             for b, block in enumerate(stage):
                 h = self._block(h, f"stages.{s}.{b}", block, step, idx)
             pooled.append(h.mean(dim=(2, 3)))
-        return pooled[-1] if kind == "last" else torch.cat(pooled, dim=1)
+        return of_pooled_stages(pooled, kind)

@@ -36,7 +36,12 @@ def statistics_features(output, kind: str) -> torch.Tensor:
     (`stages`), so `last_stage` finds the head's input in either."""
     if kind == "last":
         return output.features
-    return torch.cat([stage.mean(dim=(2, 3)) for stage in output.stages], dim=1)
+    return of_pooled_stages([stage.mean(dim=(2, 3)) for stage in output.stages], kind)
+
+
+def of_pooled_stages(pooled: list[torch.Tensor], kind: str) -> torch.Tensor:
+    """`statistics_features` from each stage's pooled output, first to last."""
+    return pooled[-1] if kind == "last" else torch.cat(pooled, dim=1)
 
 
 def statistics_dim(widths: tuple[int, ...], kind: str) -> int:
