@@ -41,6 +41,12 @@ def test_bench_writes_report_and_plots(tmp_path):
                                      "--out", str(out)])
     assert other.exit_code != 0 and "Traceback" not in other.output
     assert "was run with epochs=1, not 2" in other.output
+    # --augment reaches the runs' recipe (auto: the digits' own, none)
+    shifted = CliRunner().invoke(cli, ["bench", "--preset", "digits", "--methods", "m2kd_stats",
+                                       "--seeds", "0", "--epochs", "1", "--finetune-epochs", "0",
+                                       "--arch", "resnet_small", "--augment", "shift",
+                                       "--cached-only", "--out", str(out)])
+    assert shifted.exit_code != 0 and "was run with augment='none', not 'shift'" in shifted.output
     # a run written before rotation classes existed had none
     path = out / "runs" / "m2kd_stats" / "seed0" / "results.json"
     old = json.loads(path.read_text())

@@ -25,6 +25,9 @@ teachers_see_shift_option = click.option(
     show_default=True, help="With --augment shift: teachers distil from the shifted image "
     "the student sees (per batch), or from the image unshifted (once per step; sessions "
     "9-10).")
+augment_option_with_auto = augment_option(
+    "auto", ("auto", *AUGMENTATIONS), help="auto: the dataset's (flip for natural images, "
+    "shift (up to 2 pixels) for MNIST, none for 8x8 digits and Fashion-MNIST).")
 stats_features_option = click.option(
     "--stats-features", type=click.Choice(STATS_FEATURES), default=_DEFAULTS.stats_features,
     show_default=True, help="What the class statistics describe: every stage's pooled "
@@ -64,8 +67,7 @@ stats_features_option = click.option(
 @click.option("--prune-ratio", default=_DEFAULTS.prune_ratio, show_default=True,
               type=click.FloatRange(0, 1, max_open=True),
               help="Share of the free weights zeroed after each step.")
-@augment_option("auto", ("auto", *AUGMENTATIONS), help="auto: the dataset's (flip for "
-                "natural images, shift (up to 2 pixels) for MNIST, none for 8x8 digits).")
+@augment_option_with_auto
 @base_rotations_option
 @teachers_see_shift_option
 @stats_features_option
@@ -180,6 +182,7 @@ def samples(dataset, out, per_class, classes, split, flat, seed):
               "epochs).")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="Override the lr.")
 @click.option("--arch", help="Override the preset's backbone (e.g. resnet32).")
+@augment_option_with_auto
 @base_rotations_option
 @teachers_see_shift_option
 @stats_features_option
@@ -187,8 +190,8 @@ def samples(dataset, out, per_class, classes, split, flat, seed):
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True)
 @click.option("--cached-only", is_flag=True,
               help="Only report runs already in OUT; run nothing new.")
-def bench(preset, methods, seeds, root, epochs, finetune_epochs, lr, arch, base_rotations,
-          teachers_see_shift, stats_features, device, out, cached_only):
+def bench(preset, methods, seeds, root, epochs, finetune_epochs, lr, arch, augment,
+          base_rotations, teachers_see_shift, stats_features, device, out, cached_only):
     """Run methods x seeds on a preset; write report.md (mean ± std) and plots."""
     import shlex
     import sys
@@ -214,7 +217,7 @@ def bench(preset, methods, seeds, root, epochs, finetune_epochs, lr, arch, base_
 
     # The papers' methods classify with their heads; `*_stats` methods with class statistics.
     config = recipe_config(p.recipe, epochs=p.epochs, lr=p.lr, batch_size=p.batch_size,
-                           finetune_epochs=finetune_epochs, augment="auto",
+                           finetune_epochs=finetune_epochs, augment=augment,
                            base_rotations=base_rotations,
                            teachers_see_shift=teachers_see_shift,
                            stats_features=stats_features, classifier="head", device=device,
