@@ -41,7 +41,7 @@ from .classifier_option import CLASSIFIERS
 from .devices import fast_memory_format
 from .errors import BundleFormatError, ConfigError
 from .fold_batchnorm import fold_batchnorm
-from .linear_from_stats import LinearOnStats, lda_head, pseudo_feature_head
+from .linear_from_stats import PSEUDO_PER_CLASS, LinearOnStats, lda_head, pseudo_feature_head
 from .reconstruct import check_step, model_of_step
 from .stats_classifier import FeCAM
 
@@ -51,7 +51,7 @@ LINEAR_KINDS = ("lda", "pseudo")  # a linear head on snapshot 1, fitted per step
 # class's base-space covariance (`base_stats`); measured in docs/methods.md.
 COV_PRIOR = 16.0
 _FECAM = {"beta": TUKEY_BETA, "g1": 1.0, "g2": 1.0, "cov_prior": COV_PRIOR}
-_PSEUDO = {"beta": TUKEY_BETA, "per_class": 256, "seed": 0, "g1": 1.0, "g2": 1.0,
+_PSEUDO = {"beta": TUKEY_BETA, "per_class": PSEUDO_PER_CLASS, "seed": 0, "g1": 1.0, "g2": 1.0,
            "cov_prior": COV_PRIOR}
 _CONFIGS = {
     "stats-base": {"kind": "pseudo", "space": "base+fecam", **_PSEUDO},
@@ -72,13 +72,18 @@ def classifier_config(kind: str) -> dict:
 
 
 def classifier_name(spec: dict) -> str:
-    """The `--classifier` name of a bundle's classifier metadata ("custom" if none fits;
-    "NAME (no cov_prior)" for a bundle written before the covariance prior)."""
+    """The `--classifier` name of a bundle's classifier metadata ("custom" if none fits),
+    with what an older bundle lacks: "NAME (no cov_prior)" (written before the covariance
+    prior), "NAME (256 pseudo-features per class)" (before session 18's 1024)."""
     for name, config in _CONFIGS.items():
-        if config == spec:
-            return name
-        if not spec.get("cov_prior") and {**spec, "cov_prior": config.get("cov_prior")} == config:
-            return f"{name} (no cov_prior)"
+        older, notes = dict(spec), []
+        if not older.get("cov_prior") and "cov_prior" in config:
+            older["cov_prior"], notes = config["cov_prior"], notes + ["no cov_prior"]
+        if "per_class" in older and older["per_class"] != config.get("per_class"):
+            notes.append(f"{older['per_class']} pseudo-features per class")
+            older["per_class"] = config.get("per_class")
+        if older == config:
+            return f"{name} ({', '.join(notes)})" if notes else name
     return "custom"
 
 
