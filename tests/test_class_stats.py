@@ -15,8 +15,8 @@ from m2kd.runtime.class_stats import ClassStats, pack, pooled_features, statisti
 from m2kd.runtime.classifier import COV_PRIOR, classifier_config, classifier_name, \
     describe_classifier, scorer_of_step, stats_up_to
 from m2kd.runtime.errors import BundleFormatError
-from m2kd.runtime.linear_from_stats import LinearOnStats, covariance_factors, lda_head, \
-    pseudo_feature_head, pseudo_features
+from m2kd.runtime.linear_from_stats import PSEUDO_PER_CLASS, LinearOnStats, covariance_factors, \
+    lda_head, pseudo_feature_head, pseudo_features
 from m2kd.runtime.reconstruct import check_probes, model_of_step
 from m2kd.runtime.stats_classifier import VARIANCE_FLOOR, FeCAM, shrink
 
@@ -236,6 +236,21 @@ def test_a_bundle_can_be_served_with_another_statistics_classifier(three_step_bu
     alone.classifier = classifier_config("pseudo")
     assert torch.allclose(one_pass.scorer(3)(x), scorer_of_step(alone, 3)(x), atol=1e-4)
 
+
+@torch.no_grad()
+def test_bundles_keep_the_pseudo_feature_count_they_were_written_with(three_step_bundle,
+                                                                         digits):
+    """Until session 18 the pseudo head drew 256 features per class; such a bundle fits
+    with 256 still (its scores stay those of the release that wrote it)."""
+    assert classifier_config("stats-base")["per_class"] == PSEUDO_PER_CLASS == 1024
+    old = copy.copy(three_step_bundle[-1])
+    old.classifier = {**classifier_config("pseudo"), "per_class": 256}
+    assert classifier_name(old.classifier) == "pseudo (256 pseudo-features per class)"
+    x, stats = digits.test_images[:16], _base_stats(old, 3)
+    scores = scorer_of_step(old, 3)(x)
+    for count, same in ((256, True), (1024, False)):
+        by_hand = LinearOnStats(*pseudo_feature_head(stats, count), 0.5)(features_of(old, 1, x))
+        assert torch.allclose(scores, by_hand, atol=1e-4) == same
 
 def test_a_bundle_without_statistics_cannot_switch_to_them():
     runtime = Runtime(load_bundle(GOLDEN_V1), device="cpu")
