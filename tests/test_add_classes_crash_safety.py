@@ -33,7 +33,7 @@ def _digest(path: Path) -> str:
 
 
 def _start(bundle: Path, data: Path):
-    args = ["add-classes", str(bundle), "--data", str(data), "--keep-previous", "--epochs", "3",
+    args = ["add-classes", str(bundle), "--data", str(data), "--keep-previous", "--epochs", "2",
             "--batch-size", "16", "--device", "cpu", "--no-progress"]
     return preloaded.start(_slow_fsync_cli, args)
 

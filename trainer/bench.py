@@ -31,6 +31,9 @@ def run_grid(preset: Preset, methods: list[str], seeds: list[int], out: Path,
     for m in methods:
         method_spec(m)  # fail on a bad name before any work
     results: dict[str, list[dict]] = {m: [] for m in methods}
+    if cached_only and not any(any((out / "runs" / m).glob("seed*/results.json"))
+                               for m in methods):
+        return results  # nothing to report: no need to load the data set
     total, done = len(methods) * len(seeds), 0
     for seed in seeds:
         data = load_dataset(preset.dataset, root, seed=seed,
