@@ -64,8 +64,9 @@ def pseudo_features(stats: ClassStats, per_class: int, generator: torch.Generato
 
 
 # Gaussian pseudo-features drawn per class to fit the softmax head: 256 until session 18,
-# 1024 since (less sampling noise in the fit, +0.4 to +1.2 points: docs/methods.md, "Where
-# the remaining errors are"). A bundle's classifier metadata keeps the count it was written with.
+# 1024 since (less sampling noise in the fit: +0.1 to +0.9 points of final top-1,
+# docs/methods.md, "Where the remaining errors are"). A bundle's classifier metadata
+# keeps the count it was written with.
 PSEUDO_PER_CLASS = 1024
 
 

@@ -240,8 +240,8 @@ def test_a_bundle_can_be_served_with_another_statistics_classifier(three_step_bu
 @torch.no_grad()
 def test_bundles_keep_the_pseudo_feature_count_they_were_written_with(three_step_bundle,
                                                                          digits):
-    """Until session 18 the pseudo head drew 256 features per class; such a bundle fits
-    with 256 still (its scores stay those of the release that wrote it)."""
+    """Until session 18 the pseudo head drew 256 features per class; such a bundle still
+    fits its head on 256, not on the new default."""
     assert classifier_config("stats-base")["per_class"] == PSEUDO_PER_CLASS == 1024
     old = copy.copy(three_step_bundle[-1])
     old.classifier = {**classifier_config("pseudo"), "per_class": 256}
@@ -251,6 +251,7 @@ def test_bundles_keep_the_pseudo_feature_count_they_were_written_with(three_step
     for count, same in ((256, True), (1024, False)):
         by_hand = LinearOnStats(*pseudo_feature_head(stats, count), 0.5)(features_of(old, 1, x))
         assert torch.allclose(scores, by_hand, atol=1e-4) == same
+
 
 def test_a_bundle_without_statistics_cannot_switch_to_them():
     runtime = Runtime(load_bundle(GOLDEN_V1), device="cpu")
