@@ -112,8 +112,8 @@ def describe_classifier(spec: dict) -> str:
     kind = spec.get("kind")
     if kind == "head":
         return "the sigmoid head of the last step"
-    what = {"lda": "LDA", "pseudo": "a softmax head fitted on pseudo-features",
-            "fecam": "FeCAM"}.get(kind, kind)
+    what = {"lda": "LDA", "pseudo": f"a softmax head fitted on {spec.get('per_class')} "
+            "pseudo-features per class", "fecam": "FeCAM"}.get(kind, kind)
     what = f"{what} from class statistics in the base snapshot's space"
     if spec.get("space") == "base+own":
         what += " + FeCAM in each class's own snapshot's space"

@@ -246,6 +246,8 @@ def test_bundles_keep_the_pseudo_feature_count_they_were_written_with(three_step
     old = copy.copy(three_step_bundle[-1])
     old.classifier = {**classifier_config("pseudo"), "per_class": 256}
     assert classifier_name(old.classifier) == "pseudo (256 pseudo-features per class)"
+    assert describe_classifier(old.classifier).startswith(
+        "a softmax head fitted on 256 pseudo-features per class")  # what `inspect` prints
     x, stats = digits.test_images[:16], _base_stats(old, 3)
     scores = scorer_of_step(old, 3)(x)
     for count, same in ((256, True), (1024, False)):
