@@ -30,10 +30,10 @@ import torch
 import torch.nn.functional as F
 
 from m2kd.runtime.bundle import load_bundle
-from m2kd.runtime.class_stats import statistics_of, tukey
+from m2kd.runtime.class_stats import last_stage, statistics_of, tukey
 from m2kd.runtime.classifier import scorer_of_step
 from m2kd.runtime.inference import run_in_batches
-from m2kd.runtime.linear_from_stats import LinearOnStats, pseudo_feature_head
+from m2kd.runtime.linear_from_stats import LinearOnStats, pseudo_feature_head, softmax_head
 from m2kd.runtime.reconstruct import model_of_step
 from m2kd.runtime.stats_classifier import FeCAM
 from m2kd.trainer.datasets import load_dataset
@@ -55,29 +55,15 @@ def features(model, images: torch.Tensor, kind: str) -> torch.Tensor:
 
 
 def probe(train: torch.Tensor, labels: torch.Tensor, test: torch.Tensor) -> torch.Tensor:
-    """Test scores of a softmax layer fitted by L-BFGS on the real (Tukey) train features."""
-    x = tukey(train.float(), BETA).double()
-    shift, scale = x.mean(0), x.std(0).clamp(min=1e-6)
-    head = torch.nn.Linear(x.shape[1], int(labels.max()) + 1).double()
-    torch.nn.init.zeros_(head.weight)
-    torch.nn.init.zeros_(head.bias)
-    opt = torch.optim.LBFGS(head.parameters(), max_iter=300, line_search_fn="strong_wolfe")
-
-    def closure():
-        opt.zero_grad()
-        loss = F.cross_entropy(head((x - shift) / scale), labels) + 1e-4 * head.weight.pow(2).sum()
-        loss.backward()
-        return loss
-
-    with torch.enable_grad():
-        opt.step(closure)
-    return head((tukey(test.float(), BETA).double() - shift) / scale)
+    """Test scores of a softmax layer fitted on the real (Tukey) train features, the way
+    the pseudo head is fitted on drawn ones."""
+    head = softmax_head(tukey(train.float(), BETA), labels, int(labels.max()) + 1)
+    return LinearOnStats(*head, BETA)(test.float())
 
 
 def exemplar_free(train, labels, test, n_classes: int, width: int) -> torch.Tensor:
     stats = statistics_of(train, labels, list(range(n_classes)))
-    last = statistics_of(train[:, -width:], labels, list(range(n_classes)))
-    fecam = FeCAM(last, BETA)(test[:, -width:].float())
+    fecam = FeCAM(stats.last_dims(width), BETA)(last_stage(test, width).float())
     pseudo = LinearOnStats(*pseudo_feature_head(stats), BETA)(test.float())
     return fecam.log_softmax(1) + pseudo.log_softmax(1)
 

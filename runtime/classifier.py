@@ -79,9 +79,10 @@ def classifier_name(spec: dict) -> str:
         older, notes = dict(spec), []
         if not older.get("cov_prior") and "cov_prior" in config:
             older["cov_prior"], notes = config["cov_prior"], notes + ["no cov_prior"]
-        if "per_class" in older and older["per_class"] != config.get("per_class"):
+        if "per_class" in config and older.get("per_class", config["per_class"]) \
+                != config["per_class"]:
             notes.append(f"{older['per_class']} pseudo-features per class")
-            older["per_class"] = config.get("per_class")
+            older["per_class"] = config["per_class"]
         if older == config:
             return f"{name} ({', '.join(notes)})" if notes else name
     return "custom"
