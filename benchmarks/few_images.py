@@ -37,7 +37,7 @@ def base_bundle(data, base_classes: int, seed: int, out: Path):
     if not path.is_file():
         order = list(range(data.num_classes))
         protocol = Protocol(base_classes, data.num_classes - base_classes, order, max_steps=1)
-        config = StepConfig(device="cpu", augment=data.default_augment, seed=seed,
+        config = StepConfig(device="cpu", **data.step_settings(StepConfig.epochs), seed=seed,
                             progress=False)
         run_protocol(data, protocol, "m2kd", config, out, log=print)
     return load_bundle(path)

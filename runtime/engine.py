@@ -74,6 +74,12 @@ class StepConfig:
     # point lower on MNIST B2 (docs/methods.md, M2KD deviations).
     finetune_inside: bool = True
     augment: str = "flip"  # runtime/augment_option.py: "flip", "shift" or "none"
+    # The base step's augmentation and epochs (None: `augment`, `epochs`). The base step is
+    # trained before the model ships, where longer training costs the device nothing; the
+    # default classifier reads the base snapshot only, so this is where it pays
+    # (Fashion-MNIST: shifts and 30 epochs in the base step only; docs/methods.md).
+    base_augment: str | None = None
+    base_epochs: int | None = None
     # The base step also learns every class turned by 90, 180 and 270 degrees as three
     # extra classes, dropped when the step ends (runtime/base_rotations.py; PASS).
     base_rotations: bool = True
@@ -100,16 +106,19 @@ class StepConfig:
     progress: bool = True
 
     def validate(self) -> None:
-        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
+        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0 \
+                or (self.base_epochs is not None and self.base_epochs < 1):
             raise ConfigError("epochs and batch size must be >= 1 and lr > 0")
         if (self.finetune_epochs is not None and self.finetune_epochs < 0) \
                 or not 0.0 <= self.finetune_share <= 1.0:
             raise ConfigError("fine-tune epochs must be >= 0 and the fine-tune share in [0, 1]")
         if self.prune_ratio is not None and not 0.0 <= self.prune_ratio < 1.0:
             raise ConfigError(f"pruning ratio must be in [0, 1), got {self.prune_ratio}")
-        if self.augment not in AUGMENTATIONS:  # "auto" is resolved by the caller
-            raise ConfigError(f"augment must be one of {', '.join(AUGMENTATIONS)}, "
-                              f"got {self.augment!r}")
+        for name in ("augment", "base_augment"):
+            value = getattr(self, name)  # "auto" is resolved by the caller
+            if value not in AUGMENTATIONS and (name == "augment" or value is not None):
+                raise ConfigError(f"{name} must be one of {', '.join(AUGMENTATIONS)}, "
+                                  f"got {value!r}")
         if self.amp not in ("auto", "off"):
             raise ConfigError(f"amp must be 'auto' or 'off', got {self.amp!r}")
         if self.teacher_mode not in ("cache", "live"):
@@ -138,6 +147,11 @@ class StepConfig:
         if not self.finetune_inside:
             return self.epochs
         return max(1, self.epochs - self.epochs_after_pruning)
+
+    def of_base_step(self) -> StepConfig:
+        """The config the base step trains with (`base_augment`, `base_epochs`)."""
+        return replace(self, augment=self.base_augment or self.augment,
+                       epochs=self.base_epochs or self.epochs)
 
     @property
     def n_views(self) -> int:
@@ -240,6 +254,8 @@ def run_step(previous: Bundle | None, data: StepData, new_classes: list[str], me
     Returns a new in-memory bundle with the step appended; `previous` is not modified.
     """
     config.validate()
+    if previous is None:
+        config = config.of_base_step()
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
     # Pruned and decayed weights drift into denormal floats, which x86 CPUs compute up to

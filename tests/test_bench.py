@@ -113,6 +113,14 @@ def test_teachers_seeing_the_shift_is_compared_only_where_images_are_shifted(tmp
         _check_same_run(written_before_the_field(shifted), "resnet_small", shifted, tmp_path)
     legacy = replace(shifted, teachers_see_shift=False)
     _check_same_run(written_before_the_field(shifted), "resnet_small", legacy, tmp_path)
+    # a run written before the base step had an augmentation of its own used `augment`
+    shifted_base = replace(flipped, base_augment="shift")
+    _check_same_run(written_before_the_field(shifted_base), "resnet_small", shifted_base,
+                    tmp_path)
+    with pytest.raises(ConfigError, match="base_augment=None, not 'shift'"):
+        stored = written_before_the_field(shifted_base)
+        del stored["config"]["base_augment"]
+        _check_same_run(stored, "resnet_small", shifted_base, tmp_path)
 
 
 def test_a_cached_run_of_other_method_settings_is_refused(tmp_path):

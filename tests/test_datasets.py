@@ -109,6 +109,9 @@ def test_fashion_mnist_reads_the_official_gz_files_through_torchvision(fashion_r
     # the subsample is deterministic and the decompressed cache is reused
     again = load_dataset("fashion-mnist", str(fashion_root), train_per_class=3)
     assert torch.equal(again.train_images, data.train_images)
+    # shifts in the base step, none on the device (docs/methods.md, session 19)
+    assert data.step_settings(15) == {"augment": "none", "base_augment": "shift",
+                                      "base_epochs": 30}
 
 
 def test_fashion_mnist_missing_files_name_the_debian_package(tmp_path, monkeypatch):
@@ -124,3 +127,24 @@ def test_fashion_mnist_damaged_file_is_a_clear_error(fashion_root):
     (fashion_root / "train-images-idx3-ubyte.gz").write_bytes(b"not gzip")
     with pytest.raises(DataError, match="unreadable"):
         load_dataset("fashion-mnist", str(fashion_root))
+
+
+def test_a_dataset_names_the_base_steps_recipe_where_it_differs(digits):
+    """Fashion-MNIST shifts in its base step only, for twice the epochs; "auto" and None
+    read the dataset's, an explicit choice wins, and a base step like every other step is
+    stored as None (so such a run compares equal to one written before the fields)."""
+    from dataclasses import replace
+
+    fashion_like = replace(digits, default_augment="none", default_base_augment="shift",
+                           base_epochs_factor=2)
+    assert fashion_like.step_settings(15) == {"augment": "none", "base_augment": "shift",
+                                              "base_epochs": 30}
+    assert fashion_like.step_settings(2, "flip", base_epochs=5) == {
+        "augment": "flip", "base_augment": "shift", "base_epochs": 5}
+    assert fashion_like.step_settings(15, "shift", "auto", 15) == {
+        "augment": "shift", "base_augment": None, "base_epochs": None}
+    assert fashion_like.step_settings(15, "auto", "none")["base_augment"] is None
+    assert digits.step_settings(15) == {"augment": "none", "base_augment": None,
+                                        "base_epochs": None}
+    assert digits.step_settings(15, "flip", "shift", 20) == {
+        "augment": "flip", "base_augment": "shift", "base_epochs": 20}

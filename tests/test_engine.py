@@ -120,6 +120,27 @@ def test_a_shifted_step_trains_on_shifted_images(digits, trained_batches):
         StepConfig(augment="crop").validate()
 
 
+def test_the_base_step_trains_with_its_own_recipe_and_later_steps_with_theirs(
+        digits, trained_batches):
+    """`base_augment`, `base_epochs`: shifts and more epochs in the step trained before the
+    model ships, neither on the device (the Fashion-MNIST default, trainer/datasets.py)."""
+    (names, data), (names_2, data_2) = steps_of(digits, 2)
+    config = fast_config(epochs=1, finetune_epochs=0, augment="none", base_augment="shift",
+                         base_epochs=2)
+    base, report = run_step(None, data, names, M2KD(), config, arch="resnet_small",
+                            input_spec=digits.input_spec)
+    assert not torch.equal(trained_batches[0].images, data.images[trained_batches[0].index])
+    assert report.images_seen == 2 * len(data.labels)
+    trained_batches.clear()
+    _, report = run_step(base, data_2, names_2, M2KD(), config)
+    assert torch.equal(trained_batches[0].images, data_2.images[trained_batches[0].index])
+    assert report.images_seen == len(data_2.labels)
+    with pytest.raises(ConfigError, match="base_augment must be one of flip, shift, none"):
+        StepConfig(base_augment="crop").validate()
+    with pytest.raises(ConfigError, match="epochs and batch size must be >= 1"):
+        StepConfig(base_epochs=0).validate()
+
+
 def test_a_folded_teacher_keeps_its_dtype_and_computes_the_same_function(three_step_bundle,
                                                                        digits):
     """The teacher cache folds each teacher's BatchNorm: the folded convolutions must stay

@@ -40,8 +40,8 @@ def run_grid(preset: Preset, methods: list[str], seeds: list[int], out: Path,
                             train_per_class=preset.train_per_class)
         order = named_order(preset.order.format(seed=seed), data.num_classes)
         protocol = Protocol(preset.base_classes, preset.increment, order)
-        cfg = replace(config, seed=seed, augment=data.default_augment
-                      if config.augment == "auto" else config.augment)
+        cfg = replace(config, seed=seed, **data.step_settings(
+            config.epochs, config.augment, config.base_augment or "auto", config.base_epochs))
         for m in methods:
             run_dir = out / "runs" / m / f"seed{seed}"
             cached = run_dir / "results.json"
@@ -66,12 +66,13 @@ def run_grid(preset: Preset, methods: list[str], seeds: list[int], out: Path,
 # The fields of a run's config that change its numbers (device, amp, teacher_mode: not).
 RECIPE_FIELDS = ("epochs", "lr", "batch_size", "momentum", "weight_decay", "later_weight_decay",
                  "schedule", "lr_milestones", "lr_gamma", "loss_reduction", "prune_ratio",
-                 "finetune_epochs", "finetune_share", "finetune_inside", "augment",
-                 "base_rotations", "teachers_see_shift", "classifier", "stats_features",
-                 "seed")
+                 "finetune_epochs", "finetune_share", "finetune_inside", "augment", "base_augment",
+                 "base_epochs", "base_rotations", "teachers_see_shift", "classifier",
+                 "stats_features", "seed")
 # How runs written before a field existed were run (other absent fields are not compared).
 RUN_BEFORE_THE_FIELD = {"base_rotations": False, "teachers_see_shift": False,
-                        "stats_features": "last"}
+                        "stats_features": "last", "base_augment": None,
+                        "base_epochs": None}
 # How runs written before a method parameter existed were run (M2KD's, sessions 15-16).
 PARAMS_BEFORE_THE_FIELD = {"old_features": 0.0, "feature_distillation": 0.0,
                            "feature_statistics": "running"}

@@ -5,11 +5,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import click
 
-from m2kd.runtime.augment_option import AUGMENTATIONS, augment_option
+from m2kd.runtime.augment_option import AUGMENTATIONS, augment_option, base_augment_option
 from m2kd.runtime.class_stats import STATS_FEATURES
 from m2kd.runtime.classifier_option import classifier_option
 
@@ -28,6 +29,11 @@ teachers_see_shift_option = click.option(
 augment_option_with_auto = augment_option(
     "auto", ("auto", *AUGMENTATIONS), help="auto: the dataset's (flip for natural images, "
     "shift (up to 2 pixels) for MNIST, none for 8x8 digits and Fashion-MNIST).")
+base_augment_option_with_auto = base_augment_option()
+base_epochs_option = click.option(
+    "--base-epochs", type=click.IntRange(min=1), help="The base step's epochs (default: the "
+    "dataset's: twice the epochs for Fashion-MNIST, else the same; it trains before the "
+    "model ships).")
 stats_features_option = click.option(
     "--stats-features", type=click.Choice(STATS_FEATURES), default=_DEFAULTS.stats_features,
     show_default=True, help="What the class statistics describe: every stage's pooled "
@@ -68,6 +74,8 @@ stats_features_option = click.option(
               type=click.FloatRange(0, 1, max_open=True),
               help="Share of the free weights zeroed after each step.")
 @augment_option_with_auto
+@base_augment_option_with_auto
+@base_epochs_option
 @base_rotations_option
 @teachers_see_shift_option
 @stats_features_option
@@ -86,8 +94,9 @@ stats_features_option = click.option(
 @click.option("--progress/--no-progress", default=True, show_default=True)
 def train(dataset, root, train_per_class, image_size, arch, method, order_seed, base_classes,
           increment, max_steps, recipe, epochs, finetune_epochs, lr, batch_size, prune_ratio,
-          augment, base_rotations, teachers_see_shift, stats_features, classifier,
-          exemplars_per_class, device, seed, out, skip_bad, nproc, progress):
+          augment, base_augment, base_epochs, base_rotations, teachers_see_shift,
+          stats_features, classifier, exemplars_per_class, device, seed, out, skip_bad, nproc,
+          progress):
     """Train step by step on a dataset and write the bundle and results.json."""
     from m2kd.runtime.devices import resolve_device
     from m2kd.runtime.distributed import init_from_environment, is_main
@@ -114,10 +123,11 @@ def train(dataset, root, train_per_class, image_size, arch, method, order_seed, 
     config = recipe_config(
         recipe, epochs=epochs, lr=lr, batch_size=batch_size, prune_ratio=prune_ratio,
         finetune_epochs=finetune_epochs,
-        augment=data.default_augment if augment == "auto" else augment,
         base_rotations=base_rotations, teachers_see_shift=teachers_see_shift,
         stats_features=stats_features, classifier=classifier, device=device, seed=seed,
         progress=progress)
+    config = replace(config, **data.step_settings(config.epochs, augment, base_augment,
+                                                  base_epochs))
     echo(f"{data.name}: {data.num_classes} classes, {len(data.train_labels)} train / "
          f"{len(data.test_labels)} test images, {len(protocol.steps())} steps, "
          f"method {method}, device {resolve_device(device)}, class order "
@@ -183,6 +193,8 @@ def samples(dataset, out, per_class, classes, split, flat, seed):
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="Override the lr.")
 @click.option("--arch", help="Override the preset's backbone (e.g. resnet32).")
 @augment_option_with_auto
+@base_augment_option_with_auto
+@base_epochs_option
 @base_rotations_option
 @teachers_see_shift_option
 @stats_features_option
@@ -191,7 +203,8 @@ def samples(dataset, out, per_class, classes, split, flat, seed):
 @click.option("--cached-only", is_flag=True,
               help="Only report runs already in OUT; run nothing new.")
 def bench(preset, methods, seeds, root, epochs, finetune_epochs, lr, arch, augment,
-          base_rotations, teachers_see_shift, stats_features, device, out, cached_only):
+          base_augment, base_epochs, base_rotations, teachers_see_shift, stats_features, device,
+          out, cached_only):
     """Run methods x seeds on a preset; write report.md (mean ± std) and plots."""
     import shlex
     import sys
@@ -218,6 +231,7 @@ def bench(preset, methods, seeds, root, epochs, finetune_epochs, lr, arch, augme
     # The papers' methods classify with their heads; `*_stats` methods with class statistics.
     config = recipe_config(p.recipe, epochs=p.epochs, lr=p.lr, batch_size=p.batch_size,
                            finetune_epochs=finetune_epochs, augment=augment,
+                           base_augment=base_augment, base_epochs=base_epochs,
                            base_rotations=base_rotations,
                            teachers_see_shift=teachers_see_shift,
                            stats_features=stats_features, classifier="head", device=device,

@@ -34,10 +34,25 @@ class Dataset:
     test_labels: torch.Tensor
     default_arch: str
     default_augment: str  # digits are not flip-invariant; natural images are (augment_option.py)
+    # The base step's recipe, where it differs (StepConfig.base_augment, base_epochs).
+    default_base_augment: str | None = None  # None: default_augment
+    base_epochs_factor: int = 1
 
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    def step_settings(self, epochs: int, augment: str = "auto", base_augment: str = "auto",
+                      base_epochs: int | None = None) -> dict:
+        """StepConfig's augment, base_augment and base_epochs on this dataset, "auto" and None
+        read as its defaults (the base step's: `default_base_augment`, `base_epochs_factor`
+        x epochs). The base step's are None where they are every other step's, so such a
+        run compares equal to one written before the fields existed."""
+        every = self.default_augment if augment == "auto" else augment
+        base = (self.default_base_augment or every) if base_augment == "auto" else base_augment
+        base_epochs = base_epochs or self.base_epochs_factor * epochs
+        return {"augment": every, "base_augment": None if base == every else base,
+                "base_epochs": None if base_epochs == epochs else base_epochs}
 
 
 def _stratified_split(labels: np.ndarray, test_fraction: float, seed: int):
@@ -63,7 +78,8 @@ def _subsample(train: np.ndarray, labels: np.ndarray, per_class: int | None) -> 
 
 
 def _from_arrays(name, pixels: np.ndarray, labels: np.ndarray, class_names, arch, augment,
-                 test_fraction=0.2, seed=0, split=None, train_per_class=None) -> Dataset:
+                 test_fraction=0.2, seed=0, split=None, train_per_class=None,
+                 base=(None, 1)) -> Dataset:
     """pixels: (N, C, H, W) floats in [0, 1]. Normalisation statistics come from train."""
     train, test = split or _stratified_split(labels, test_fraction, seed)
     train = _subsample(np.asarray(train), labels, train_per_class)
@@ -74,7 +90,7 @@ def _from_arrays(name, pixels: np.ndarray, labels: np.ndarray, class_names, arch
     spec = InputSpec(x.shape[1], x.shape[2], x.shape[3], tuple(mean), tuple(std))
     x = normalise(x, spec)
     return Dataset(name, list(class_names), spec, x[train], y[train], x[test], y[test], arch,
-                   augment)
+                   augment, *base)
 
 
 def load_digits_dataset(seed: int = 0, train_per_class: int | None = None) -> Dataset:
@@ -103,8 +119,11 @@ def load_fashion_mnist(root: str | Path | None = None, train_per_class: int | No
     pixels = np.concatenate([x_tr, x_te])[:, None] / 255.0
     labels = np.concatenate([y_tr, y_te])
     split = (np.arange(len(y_tr)), np.arange(len(y_tr), len(labels)))
+    # No augmentation on the device (shifts double a distilling step's time); the base
+    # step, trained before shipping, shifts by up to 2 pixels for twice the epochs
+    # (docs/methods.md, "The base step's own recipe").
     return _from_arrays("fashion-mnist", pixels, labels, names, "resnet_small", "none",
-                        split=split, train_per_class=train_per_class)
+                        split=split, train_per_class=train_per_class, base=("shift", 2))
 
 
 def _check_cifar_files(cls, root: Path, num_classes: int) -> None:
