@@ -47,6 +47,12 @@ def test_bench_writes_report_and_plots(tmp_path):
                                        "--arch", "resnet_small", "--augment", "shift",
                                        "--cached-only", "--out", str(out)])
     assert shifted.exit_code != 0 and "was run with augment='none', not 'shift'" in shifted.output
+    # and so do the base step's own (the digits' default: the other steps')
+    base = CliRunner().invoke(cli, ["bench", "--preset", "digits", "--methods", "m2kd_stats",
+                                    "--seeds", "0", "--epochs", "1", "--finetune-epochs", "0",
+                                    "--arch", "resnet_small", "--base-epochs", "3",
+                                    "--cached-only", "--out", str(out)])
+    assert base.exit_code != 0 and "was run with base_epochs=None, not 3" in base.output
     # a run written before rotation classes existed had none
     path = out / "runs" / "m2kd_stats" / "seed0" / "results.json"
     old = json.loads(path.read_text())
@@ -117,9 +123,9 @@ def test_teachers_seeing_the_shift_is_compared_only_where_images_are_shifted(tmp
     shifted_base = replace(flipped, base_augment="shift")
     _check_same_run(written_before_the_field(shifted_base), "resnet_small", shifted_base,
                     tmp_path)
+    stored = written_before_the_field(shifted_base)
+    del stored["config"]["base_augment"]
     with pytest.raises(ConfigError, match="base_augment=None, not 'shift'"):
-        stored = written_before_the_field(shifted_base)
-        del stored["config"]["base_augment"]
         _check_same_run(stored, "resnet_small", shifted_base, tmp_path)
 
 

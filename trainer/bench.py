@@ -40,6 +40,8 @@ def run_grid(preset: Preset, methods: list[str], seeds: list[int], out: Path,
                             train_per_class=preset.train_per_class)
         order = named_order(preset.order.format(seed=seed), data.num_classes)
         protocol = Protocol(preset.base_classes, preset.increment, order)
+        # "auto" augmentations (the CLI's; base_augment also None) and base_epochs None:
+        # the dataset's
         cfg = replace(config, seed=seed, **data.step_settings(
             config.epochs, config.augment, config.base_augment or "auto", config.base_epochs))
         for m in methods:
