@@ -20,11 +20,3 @@ def augment_option(default: str, choices: tuple[str, ...] = AUGMENTATIONS, help:
                         show_default=True, help=help or "flip: random horizontal flips; "
                         f"shift: random translations by up to {SHIFT_PIXELS} pixels.")
 
-
-def base_augment_option():
-    """`--base-augment` of the commands that train a base step (train, bench)."""
-    return click.option("--base-augment", type=click.Choice(("auto", *AUGMENTATIONS)),
-                        default="auto", show_default=True,
-                        help="The base step's augmentation (it trains before the model "
-                        "ships, so it costs the device nothing). auto: the dataset's "
-                        "(shift for Fashion-MNIST), else --augment's.")

@@ -114,9 +114,10 @@ class StepConfig:
             raise ConfigError("fine-tune epochs must be >= 0 and the fine-tune share in [0, 1]")
         if self.prune_ratio is not None and not 0.0 <= self.prune_ratio < 1.0:
             raise ConfigError(f"pruning ratio must be in [0, 1), got {self.prune_ratio}")
-        for name in ("augment", "base_augment"):
-            value = getattr(self, name)  # "auto" is resolved by the caller
-            if value not in AUGMENTATIONS and (name == "augment" or value is not None):
+        # "auto" is resolved by the caller; base_augment None is `augment`
+        for name, value in (("augment", self.augment),
+                            ("base_augment", self.base_augment or self.augment)):
+            if value not in AUGMENTATIONS:
                 raise ConfigError(f"{name} must be one of {', '.join(AUGMENTATIONS)}, "
                                   f"got {value!r}")
         if self.amp not in ("auto", "off"):

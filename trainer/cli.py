@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from m2kd.runtime.augment_option import AUGMENTATIONS, augment_option, base_augment_option
+from m2kd.runtime.augment_option import AUGMENTATIONS, augment_option
 from m2kd.runtime.class_stats import STATS_FEATURES
 from m2kd.runtime.classifier_option import classifier_option
 
@@ -29,7 +29,11 @@ teachers_see_shift_option = click.option(
 augment_option_with_auto = augment_option(
     "auto", ("auto", *AUGMENTATIONS), help="auto: the dataset's (flip for natural images, "
     "shift (up to 2 pixels) for MNIST, none for 8x8 digits and Fashion-MNIST).")
-base_augment_option_with_auto = base_augment_option()
+base_augment_option = click.option(
+    "--base-augment", type=click.Choice(("auto", *AUGMENTATIONS)), default="auto",
+    show_default=True, help="The base step's augmentation (it trains before the model "
+    "ships, so it costs the device nothing). auto: the dataset's (shift for Fashion-MNIST), "
+    "else --augment's.")
 base_epochs_option = click.option(
     "--base-epochs", type=click.IntRange(min=1), help="The base step's epochs (default: the "
     "dataset's: twice the epochs for Fashion-MNIST, else the same; it trains before the "
@@ -74,7 +78,7 @@ stats_features_option = click.option(
               type=click.FloatRange(0, 1, max_open=True),
               help="Share of the free weights zeroed after each step.")
 @augment_option_with_auto
-@base_augment_option_with_auto
+@base_augment_option
 @base_epochs_option
 @base_rotations_option
 @teachers_see_shift_option
@@ -193,7 +197,7 @@ def samples(dataset, out, per_class, classes, split, flat, seed):
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="Override the lr.")
 @click.option("--arch", help="Override the preset's backbone (e.g. resnet32).")
 @augment_option_with_auto
-@base_augment_option_with_auto
+@base_augment_option
 @base_epochs_option
 @base_rotations_option
 @teachers_see_shift_option
